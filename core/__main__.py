@@ -1,0 +1,241 @@
+"""Command line: the same code path as the app.
+
+    python -m core train DATA --mode bottleneck --out RUN_DIR
+    python -m core predict RUN_DIR PATH...        → CSV: path,label,confidence
+    python -m core evaluate RUN_DIR DATA          → JSON: accuracy, per_class, confusion, classes
+    python -m core export RUN_DIR --tflite        → RUN_DIR/model.tflite
+    python -m core run RUN_DIR                    (used by the app: execute a prepared run folder)
+    python -m core backbones                      list the feature extractors
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from core.config import MODES, TrainConfig
+from core.workspace import DEMO_DATASET
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class CliError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Few-shot image classification by "
+                                     "transfer learning (bottleneck features, fine-tuning).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a classifier on a class-folder dataset")
+    train.add_argument("data", nargs="?", default=str(DEMO_DATASET),
+                       help="dataset folder or .zip (default: the built-in demo dataset)")
+    train.add_argument("--mode", choices=MODES, default="bottleneck")
+    train.add_argument("--backbone", default="efficientnet_lite0")
+    train.add_argument("--epochs", type=int, help="epochs (head/scratch; default 30)")
+    train.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 10)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="learning rate (head/scratch Adam; fine-tuning uses --finetune-lr)")
+    train.add_argument("--finetune-lr", type=float)
+    train.add_argument("--dropout", type=float)
+    train.add_argument("--dense-units", type=int)
+    train.add_argument("--val-split", type=float)
+    train.add_argument("--test-split", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--patience", type=int)
+    train.add_argument("--no-early-stopping", action="store_true")
+    train.add_argument("--class-weights", choices=("balanced", "none"))
+    train.add_argument("--augment", metavar="FILE.json", help="augmentation settings (as saved by the app)")
+    train.add_argument("--augment-copies", type=int, help="bottleneck: cache features of K augmented copies")
+    train.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="finetune: start from this run's head")
+    train.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to create")
+
+    predict = sub.add_parser("predict", help="predict image files or folders with a trained run")
+    predict.add_argument("run", metavar="RUN_DIR")
+    predict.add_argument("paths", nargs="+", metavar="PATH")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a trained run on a labelled dataset")
+    evaluate.add_argument("run", metavar="RUN_DIR")
+    evaluate.add_argument("data", metavar="DATA")
+
+    export = sub.add_parser("export", help="write the run's model as TFLite")
+    export.add_argument("run", metavar="RUN_DIR")
+    export.add_argument("--tflite", action="store_true", default=True)
+
+    run = sub.add_parser("run", help="execute a prepared run folder (what the app starts)")
+    run.add_argument("run", metavar="RUN_DIR")
+
+    sub.add_parser("backbones", help="list the available feature extractors")
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from core.augment import AugmentConfig
+
+    values = {"data": str(Path(args.data).expanduser().resolve()), "mode": args.mode, "backbone": args.backbone}
+    for name in ("epochs", "finetune_epochs", "batch_size", "lr", "finetune_lr", "dropout", "dense_units",
+                 "val_split", "test_split", "seed", "patience", "class_weights", "augment_copies"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.no_early_stopping:
+        values["early_stopping"] = False
+    if args.from_run:
+        if args.mode != "finetune":
+            raise CliError("--from only makes sense with --mode finetune.")
+        values["from_run"] = str(Path(args.from_run).resolve())
+    if args.augment:
+        try:
+            values["augment"] = AugmentConfig.from_json(Path(args.augment).read_text())
+        except OSError as exc:
+            raise CliError(f"cannot read {args.augment}: {exc.strerror}") from None
+    return TrainConfig(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from core.backbones import get_backbone
+    from core.datasets import scan_dataset
+    from core.execute import execute_run
+    from core.runs import create_run
+
+    cfg = _train_config(args)
+    if cfg.mode != "scratch":
+        get_backbone(cfg.backbone)  # fail before creating anything
+    scan_dataset(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, check_images=False)  # same: fail early
+    run = create_run(cfg, args.out)
+    print(f"run folder: {run.path}", file=sys.stderr)
+    status = execute_run(run, terminal=sys.stderr)
+    if status["state"] == "failed":
+        raise CliError(status.get("error") or "training failed")
+    metrics = run.metrics() or {}
+    summary = {k: metrics.get(k) for k in ("val_accuracy", "test_accuracy", "n_train", "n_val", "n_extracted",
+                                           "extract_seconds", "train_seconds")}
+    print(f"{status['state']}: " + ", ".join(f"{k} {v}" for k, v in summary.items()), file=sys.stderr)
+    return 0 if status["state"] == "done" else EXIT_FAILED
+
+
+def _image_paths(paths: list[str]) -> list[Path]:
+    from core.images import has_image_extension, is_hidden
+
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.is_file() and has_image_extension(p.name)
+                          and not any(is_hidden(part) for part in p.relative_to(path).parts))
+        elif path.exists():
+            out.append(path)
+        else:
+            raise CliError(f"{raw} does not exist.")
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from core.export import load_model, predict_files
+    from core.runs import get_run
+
+    run = get_run(args.run)
+    model, labels = load_model(run.file("model.keras")), run.labels()
+    paths = _image_paths(args.paths)
+    probs, failed = predict_files(model, paths)
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["path", "label", "confidence"])
+    bad = {p for p, _ in failed}
+    for path, row in zip(paths, probs):
+        if path not in bad:
+            writer.writerow([str(path), labels[int(row.argmax())], f"{row.max():.6f}"])
+    for path, reason in failed:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from core.datasets import scan_dataset
+    from core.evaluate import compute_metrics
+    from core.export import load_model, predict_files
+    from core.runs import get_run
+
+    run = get_run(args.run)
+    labels = run.labels()
+    ds = scan_dataset(args.data, val_split=0.0)
+    unknown = sorted(set(ds.classes) - set(labels))
+    if unknown:
+        raise CliError(f"{args.data} has classes the model does not know: {unknown} (it knows {labels}).")
+    probs, failed = predict_files(load_model(run.file("model.keras")), [it.path for it in ds.items])
+    ok = ~np.isnan(probs).any(axis=1)
+    y = np.array([labels.index(it.label) for it in ds.items])
+    metrics = compute_metrics(y[ok], probs[ok], labels)
+    metrics["skipped"] = [{"path": str(p), "reason": r} for p, r in failed] + \
+                         [{"path": str(s.path), "reason": s.reason} for s in ds.skipped]
+    json.dump(metrics, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.export import export_tflite
+    from core.runs import get_run
+
+    run = get_run(args.run)
+    out = export_tflite(run.file("model.keras"), run.file("model.tflite"))
+    print(out)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from core.execute import execute_run
+    from core.runs import get_run
+
+    status = execute_run(get_run(args.run), terminal=sys.stdout)
+    return 0 if status["state"] in ("done", "stopped") else EXIT_FAILED
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from core.backbones import list_backbones
+
+    for spec in list_backbones():
+        print(f"{spec.name:20s} {spec.input_size:4d}px  {spec.feature_dim:5d}-d  {spec.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
+               "run": cmd_run, "backbones": cmd_backbones}[args.command]
+    try:
+        return handler(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        from core.execute import friendly_error
+        from core.runs import RunError
+
+        known = _known_errors() + (RunError,)
+        if isinstance(exc, known):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"error: {friendly_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from core.augment import AugmentError
+    from core.backbones import BackboneError
+    from core.config import ConfigError
+    from core.datasets import DatasetError
+    from core.export import ExportError
+    from core.images import ImageError
+    from core.training import TrainingError
+    from core.workspace import PathError
+
+    return (AugmentError, BackboneError, ConfigError, DatasetError, ExportError, ImageError, TrainingError, PathError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

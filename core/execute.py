@@ -1,0 +1,105 @@
+"""Execute a prepared run folder: wait for its turn, train, record the outcome. Used by the CLI and by the
+process the app starts, so both take the same path."""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from typing import Iterator, TextIO
+
+from core.runs import Run, _process_start_time
+from core.workspace import workspace_root
+
+
+@contextmanager
+def training_slot(run: Run) -> Iterator[None]:
+    """One training at a time per workspace: on a 2-core laptop two at once only make both slower.
+
+    A second run waits here, visibly 'queued'. The lock is an flock, so a killed process releases it at once.
+    """
+    with open(workspace_root() / ".training.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            run.update_status(state="queued", phase="queued", message="waiting for another training to finish")
+            while True:
+                if run.stop_requested():
+                    raise _StoppedWhileQueued()
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class _StoppedWhileQueued(Exception):
+    pass
+
+
+def execute_run(run: Run, terminal: TextIO | None = None) -> dict:
+    """Train the run in this process; returns its final status. Never raises for a training failure."""
+    from core.features import StopRequested  # imports TensorFlow: keep it out of the module's import time
+    from core.reporting import Reporter
+    from core.training import train, verify_export
+
+    pid = os.getpid()
+    run.update_status(pid=pid, pid_start=_process_start_time(pid))
+    # SIGTERM (kill, a closing terminal, a stopping service) becomes a polite stop request.
+    signal.signal(signal.SIGTERM, lambda *_: run.file("STOP").touch())
+    reporter = Reporter(run, terminal=terminal)
+    try:
+        with training_slot(run):
+            run.update_status(state="running", started_at=time.time(), error=None)
+            metrics = train(run.config(), run.path, reporter)
+        state = "stopped" if run.stop_requested() else "done"
+        status = run.update_status(state=state, phase=state, progress=1.0, finished_at=time.time(),
+                                   message="finished" if state == "done" else
+                                   "stopped; the best model so far was saved",
+                                   val_accuracy=metrics.get("val_accuracy"))
+        _verify(run, verify_export)
+        return status
+    except (StopRequested, _StoppedWhileQueued):
+        return run.update_status(state="stopped", phase="stopped", finished_at=time.time(),
+                                 message="stopped before any training epoch; no model was saved")
+    except Exception as exc:  # the run's outcome is recorded whatever went wrong
+        traceback.print_exc(file=sys.stderr)
+        return run.update_status(state="failed", phase="failed", finished_at=time.time(), error=friendly_error(exc))
+
+
+def _verify(run: Run, verify) -> None:
+    """The export check is a bonus: its failure is reported in metrics.json, never turns a done run failed."""
+    try:
+        check = verify(run.path)
+        if check and check["same_top1"] is not None and check["same_top1"] < 1.0:
+            print(f"warning: the saved model disagrees with the app on {1 - check['same_top1']:.0%} of the "
+                  f"validation images", file=sys.stderr)
+    except Exception as exc:
+        from core import fsutil
+        metrics = fsutil.read_json(run.file("metrics.json"), {}) or {}
+        metrics["export_check"] = {"error": friendly_error(exc)}
+        fsutil.atomic_write_json(run.file("metrics.json"), metrics)
+
+
+def friendly_error(exc: BaseException) -> str:
+    """The message a user can act on: ours verbatim, anything else with its type, never a traceback."""
+    from core.backbones import BackboneError
+    from core.config import ConfigError
+    from core.datasets import DatasetError
+    from core.export import ExportError
+    from core.training import TrainingError
+
+    if isinstance(exc, (BackboneError, ConfigError, DatasetError, ExportError, TrainingError)):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "Out of memory: try a smaller batch size or fewer images."
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return "The disk is full: free some space and start the training again. Nothing was corrupted."
+    return f"Training failed: {type(exc).__name__}: {exc}"

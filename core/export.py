@@ -1,0 +1,100 @@
+"""The exported model: save it safely, check it predicts what the app predicted, convert it to TFLite, use it.
+
+`model.keras` takes raw RGB images of any size (0..255) and returns one probability per class, in the order of
+`labels.json`. It is plain Keras: `keras.saving.load_model("model.keras")` needs no code of this project.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from core import fsutil, images
+from core.tfenv import keras, tf
+
+
+class ExportError(Exception):
+    """A model that cannot be saved, loaded or converted."""
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save to a temporary `.keras` file, then rename: a crash or a full disk never leaves a half-written model."""
+    try:
+        with fsutil.atomic_path(path, suffix=".keras") as tmp:
+            model.save(tmp)
+    except OSError as exc:
+        raise ExportError(f"could not save the model to {path}: {exc.strerror or exc}. The previous model, if any, "
+                          f"is untouched.") from exc
+
+
+def load_model(path: str | Path) -> keras.Model:
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"{path} does not exist: the run has not saved a model (not finished, or failed).")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a damaged file
+        raise ExportError(f"could not load {path}: {exc}") from exc
+
+
+def predict_files(model: keras.Model, paths: Sequence[str | Path], batch_size: int = 16
+                  ) -> tuple[np.ndarray, list[tuple[Path, str]]]:
+    """Probabilities (N, classes) for image files through an exported model; rows of unreadable files are NaN.
+
+    Each image is decoded by the app's one decoder and resized by the model's own Resizing layer: exactly what a
+    user of `model.keras` outside the app gets when they feed it the decoded RGB image.
+    """
+    size = int(model.get_layer("resize").height)
+    n_out = int(model.output_shape[-1])
+    probs = np.full((len(paths), n_out), np.nan)
+    failed: list[tuple[Path, str]] = []
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    batch, index = [], []
+
+    def flush() -> None:
+        if batch:
+            probs[index] = forward(np.stack(batch)).numpy()
+            batch.clear()
+            index.clear()
+
+    for i, path in enumerate(paths):
+        try:
+            # Pre-resize with the model's own op so images of different sizes can share a batch; the model's
+            # Resizing layer then sees size×size and leaves it as it is.
+            batch.append(images.resize_for_model(images.load_rgb(path, max_side=2 * size), size))
+            index.append(i)
+        except images.ImageError as exc:
+            failed.append((Path(path), str(exc)))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return probs, failed
+
+
+def check_export(model_path: Path, paths: Sequence[Path], expected: np.ndarray) -> dict:
+    """Reload the saved model from disk and compare its predictions with the app's on the same images.
+
+    Reported in metrics.json; a disagreement here is the bug users of other tools find only after deploying.
+    """
+    model = load_model(model_path)
+    got, _ = predict_files(model, paths)
+    ok = ~np.isnan(got).any(axis=1)
+    diff = np.abs(got[ok] - expected[ok])
+    return {"n_images": int(ok.sum()), "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+            "same_top1": float((got[ok].argmax(1) == expected[ok].argmax(1)).mean()) if ok.any() else None}
+
+
+def export_tflite(model_path: Path, out_path: Path) -> Path:
+    """Convert the run's model to TFLite with a fixed size×size×3 input (float32 0..255)."""
+    model = load_model(model_path)
+    size = int(model.get_layer("resize").height)
+    fixed_in = keras.Input((size, size, 3), batch_size=1, name="image")
+    fixed = keras.Model(fixed_in, model(fixed_in))
+    try:
+        converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
+        data = converter.convert()
+    except Exception as exc:
+        raise ExportError(f"TFLite conversion failed: {exc}") from exc
+    fsutil.atomic_write_bytes(out_path, data)
+    return out_path
