@@ -114,9 +114,11 @@ def _fit(model: keras.Model, x, y, validation, cfg: TrainConfig, reporter: Repor
 
 def labelled_images(data: SplitData, size: int, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
     """(images, labels) batches streamed from disk; unreadable files are dropped."""
+    # The scan already dropped unreadable files; one damaged since then trains as a blank image rather than
+    # failing the run (a filter would also hide the epoch length from Keras).
     images_ds = image_dataset(data.paths, size, batch_size).unbatch()
     labels_ds = tf.data.Dataset.from_tensor_slices(data.y)
-    ds = tf.data.Dataset.zip((images_ds, labels_ds)).filter(lambda xo, y: xo[1]).map(lambda xo, y: (xo[0], y))
+    ds = tf.data.Dataset.zip((images_ds, labels_ds)).map(lambda xo, y: (xo[0], y))
     if shuffle:
         # Shuffle the decoded stream with a bounded buffer: memory stays flat however large the dataset.
         ds = ds.shuffle(min(len(data), 256), seed=seed, reshuffle_each_iteration=True)

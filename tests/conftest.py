@@ -1,0 +1,75 @@
+"""Shared fixtures: a private workspace per test, images made on the spot, one real finished run per session."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO = PROJECT_ROOT / "data" / "demo"
+sys.path.insert(0, str(PROJECT_ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Converted backbone weights are shared by every test (converting again would only cost time).
+os.environ.setdefault("FEWSHOT_WEIGHTS_DIR", str(Path.home() / ".cache" / "fewshot" / "weights"))
+
+
+def make_image(path: Path, color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (48, 40),
+               fmt: str | None = None, noise: int = 20, seed: int = 0) -> Path:
+    """A small real image file: a colour with some noise and a darker square, so classes are learnable."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color, float) + rng.normal(0, noise, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    arr[size[1] // 4: size[1] // 2, size[0] // 4: size[0] // 2] //= 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+    return path
+
+
+def make_dataset(root: Path, classes: dict[str, tuple[int, int, int]] | None = None, per_class: int = 8,
+                 size: tuple[int, int] = (48, 40)) -> Path:
+    """ROOT/<class>/img_<i>.png with one colour per class."""
+    classes = classes or {"red": (210, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
+    for c_index, (name, color) in enumerate(classes.items()):
+        for i in range(per_class):
+            make_image(root / name / f"img_{i}.png", color, size, seed=1000 * c_index + i)
+    return root
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Path:
+    """An empty workspace (datasets, runs, feature cache) for one test."""
+    ws = tmp_path / "workspace"
+    monkeypatch.setenv("FEWSHOT_WORKSPACE", str(ws))
+    return ws
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    return make_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """A finished bottleneck run on the built-in demo dataset (real EfficientNet-Lite0), made once per session
+    in its own workspace. Tests must not modify it."""
+    ws = tmp_path_factory.mktemp("demo_ws")
+    old = os.environ.get("FEWSHOT_WORKSPACE")
+    os.environ["FEWSHOT_WORKSPACE"] = str(ws)
+    try:
+        from core.config import TrainConfig
+        from core.execute import execute_run
+        from core.runs import create_run
+
+        run = create_run(TrainConfig(data=str(DEMO), mode="bottleneck", epochs=15), ws / "runs" / "demo-run")
+        status = execute_run(run)
+        assert status["state"] == "done", status
+    finally:
+        if old is None:
+            os.environ.pop("FEWSHOT_WORKSPACE", None)
+        else:
+            os.environ["FEWSHOT_WORKSPACE"] = old
+    return run.path

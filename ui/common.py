@@ -1,0 +1,86 @@
+"""Cached loaders and small widgets the pages share."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from core import images
+from core.datasets import Dataset, DatasetError, scan_dataset
+from core.workspace import DEMO_DATASET
+
+
+def folder_fingerprint(root: Path) -> tuple:
+    """Changes whenever a file under `root` is added, removed, moved or rewritten: the dataset cache key."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            try:
+                st_ = os.stat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            entries.append((dirpath, name, st_.st_size, st_.st_mtime_ns))
+    return hash(tuple(entries))
+
+
+@st.cache_data(show_spinner="Reading the dataset…", max_entries=16)
+def _scan(path: str, val_split: float, test_split: float, seed: int, fingerprint: int) -> Dataset:
+    return scan_dataset(path, val_split, test_split, seed)
+
+
+def load_dataset(path: str | Path, val_split: float = 0.2, test_split: float = 0.0, seed: int = 0) -> Dataset:
+    """The scanned dataset; rescanned only when its files change. Raises DatasetError."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path} no longer exists.")
+    return _scan(str(path), val_split, test_split, seed, folder_fingerprint(path))
+
+
+def current_dataset(required: bool = True) -> Dataset | None:
+    """The session's dataset, or an explanation and `st.stop()` when it cannot be read."""
+    from ui.state import dataset_path, init_state
+
+    init_state()
+    try:
+        return load_dataset(dataset_path(), st.session_state["val_split"], st.session_state["test_split"],
+                            st.session_state["seed"])
+    except DatasetError as exc:
+        st.error(f"The dataset cannot be used: {exc}")
+        if required:
+            st.info("Pick or build another dataset on the **Dataset** page.")
+            st.stop()
+        return None
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def thumbnail_bytes(path: str, side: int, mtime_ns: int) -> bytes | None:
+    """A JPEG thumbnail, cached by path and modification time; None for an unreadable file."""
+    import io
+
+    try:
+        thumb = images.thumbnail(path, side)
+    except images.ImageError:
+        return None
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def thumb(path: str | Path, side: int = 160) -> bytes | None:
+    try:
+        mtime = Path(path).stat().st_mtime_ns
+    except OSError:
+        return None
+    return thumbnail_bytes(str(path), side, mtime)
+
+
+def dataset_label(path: str | Path) -> str:
+    path = Path(path)
+    return "built-in demo (gcompris)" if path.resolve() == DEMO_DATASET.resolve() else path.name
+
+
+def show_exception(prefix: str, exc: Exception) -> None:
+    """A readable message for an expected error; anything else too, with its type, never a raw traceback."""
+    st.error(f"{prefix}: {exc}")
