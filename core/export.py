@@ -89,8 +89,13 @@ def export_tflite(model_path: Path, out_path: Path) -> Path:
     """Convert the run's model to TFLite with a fixed size×size×3 input (float32 0..255)."""
     model = load_model(model_path)
     size = int(model.get_layer("resize").height)
+    # TFLite has no antialiased resize op: the .tflite takes images already resized to size×size (RGB, 0..255),
+    # so it is built from the layers after the model's Resizing layer.
     fixed_in = keras.Input((size, size, 3), batch_size=1, name="image")
-    fixed = keras.Model(fixed_in, model(fixed_in))
+    x = fixed_in
+    for layer in model.layers[model.layers.index(model.get_layer("resize")) + 1:]:
+        x = layer(x)
+    fixed = keras.Model(fixed_in, x)
     try:
         converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
         data = converter.convert()

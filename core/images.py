@@ -93,7 +93,7 @@ def open_image(path: str | Path, max_side: int | None = None) -> Image.Image:
         raise ImageError(f"refused as a decompression bomb ({exc})") from None
     except OSError as exc:
         text = str(exc)
-        if "truncated" in text:
+        if "truncated" in text.lower():
             raise ImageError("truncated or damaged image") from None
         raise ImageError(f"unreadable image ({text})") from None
     except (ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError) as exc:

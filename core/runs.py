@@ -248,3 +248,16 @@ def delete_run(run: Run) -> None:
     if run.status().get("state") in ACTIVE_STATES:
         raise RunError(f"run {run.id} is still {run.status()['state']}: stop it before deleting it.")
     shutil.rmtree(run.path)
+
+
+def retrain(source: Run, name: str = "") -> Run:
+    """Start a bottleneck run with `source`'s settings on the dataset as it is now (after label fixes).
+
+    Cached features make it fast: only new or changed image content goes through the backbone.
+    """
+    from dataclasses import replace
+
+    config = replace(source.config(), mode="bottleneck", from_run=None)
+    run = create_run(config, name=name or f"retrain of {source.id}")
+    start_run_process(run)
+    return run

@@ -108,7 +108,8 @@ def _fit(model: keras.Model, x, y, validation, cfg: TrainConfig, reporter: Repor
             restore_best_weights=True))
     reporter.phase(stage, f"{stage}: epoch 1 of {epochs}")
     model.fit(x, y, validation_data=validation, epochs=epochs, batch_size=batch_size, class_weight=weights,
-              callbacks=callbacks, verbose=0, shuffle=True)
+              callbacks=callbacks, verbose=0,
+              shuffle=isinstance(x, np.ndarray))  # datasets arrive shuffled
     return callback
 
 
@@ -119,6 +120,7 @@ def labelled_images(data: SplitData, size: int, batch_size: int, shuffle: bool, 
     images_ds = image_dataset(data.paths, size, batch_size).unbatch()
     labels_ds = tf.data.Dataset.from_tensor_slices(data.y)
     ds = tf.data.Dataset.zip((images_ds, labels_ds)).map(lambda xo, y: (xo[0], y))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(data)))  # unbatch hides it; Keras wants it
     if shuffle:
         # Shuffle the decoded stream with a bounded buffer: memory stays flat however large the dataset.
         ds = ds.shuffle(min(len(data), 256), seed=seed, reshuffle_each_iteration=True)

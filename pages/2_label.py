@@ -1,0 +1,4 @@
+import streamlit as st
+
+st.title("Label")
+st.info("Coming soon.")

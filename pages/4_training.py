@@ -1,0 +1,191 @@
+"""Training: choose how to learn, start a run in its own process, watch it live, stop it."""
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from core.backbones import get_backbone, list_backbones
+from core.charts import history_figure
+from core.config import MODE_HELP, MODES, ConfigError, TrainConfig
+from core.runs import ACTIVE_STATES, Run, RunError, active_runs, create_run, get_run, list_runs, start_run_process
+from ui.common import current_dataset, dataset_label
+from ui.state import augment_config, dataset_path, init_state
+
+init_state()
+st.title("Training")
+st.caption("Your photos stay on this machine. Training runs in the background: you can change pages, reload or "
+           "close the tab — it keeps going, and this page finds it again.")
+
+dataset = current_dataset()
+counts = dataset.counts()
+
+
+def settings_form() -> tuple[TrainConfig, str] | None:
+    """The training settings, with the recipe's defaults; returns a config when Start is pressed."""
+    defaults = TrainConfig()
+    left, right = st.columns([3, 2])
+    with left:
+        mode = st.radio("How should it learn?", MODES, index=MODES.index("bottleneck"), key="train_mode",
+                        format_func=lambda m: {"scratch": "From scratch (baseline)",
+                                               "bottleneck": "Pretrained features (fast, recommended)",
+                                               "finetune": "Pretrained + fine-tune (slower, best)"}[m],
+                        captions=[MODE_HELP[m] for m in MODES])
+        specs = list_backbones()
+        names = [s.name for s in specs]
+        backbone = st.selectbox("Pretrained network", names, index=names.index(st.session_state["backbone"])
+                                if st.session_state["backbone"] in names else 0, key="train_backbone",
+                                format_func=lambda n: get_backbone(n).title, disabled=mode == "scratch",
+                                help="The network that was trained on a million ImageNet photos and turns each "
+                                     "of your photos into a description (its 'bottleneck features').")
+        st.session_state["backbone"] = backbone
+        st.caption(get_backbone(backbone).description)
+    with right:
+        st.markdown(f"**Dataset:** {dataset_label(dataset.root)} — {len(dataset.classes)} classes, "
+                    f"{int(counts['train'].sum())} training and {int(counts.get('val', counts['train'] * 0).sum())} "
+                    f"validation images")
+        augment = augment_config()
+        st.markdown("**Augmentation:** " + ("off" if augment.is_identity() else "as set on the Augmentation page")
+                    + (" (used by scratch and fine-tune)" if mode != "bottleneck" else " (not used by this mode "
+                       "unless augmented copies are cached below)"))
+        name = st.text_input("Name (optional)", key="train_name", placeholder="e.g. first try",
+                             help="A label to find this run later on the Runs page.")
+
+    with st.expander("Settings (the recipe's defaults are a good start)"):
+        c1, c2, c3 = st.columns(3)
+        epochs = c1.number_input("Epochs", 1, 500, defaults.epochs if mode != "scratch" else 30, key="train_epochs",
+                                 help="Passes over the training images. Training stops early when validation "
+                                      "stops improving, keeping the best epoch.")
+        batch_size = c1.select_slider("Batch size", [4, 8, 16, 32, 64], defaults.batch_size, key="train_batch",
+                                      help="Images per learning step.")
+        lr = c2.select_slider("Learning rate", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], defaults.lr, key="train_lr",
+                              format_func=lambda v: f"{v:g}", help="Step size of learning (Adam).")
+        dropout = c2.slider("Dropout", 0.0, 0.8, defaults.dropout, 0.05, key="train_dropout",
+                            help="Randomly silences this fraction of the classifier during training, against "
+                                 "memorising the few photos.")
+        units = c3.select_slider("Classifier size", [64, 128, 256, 512], defaults.dense_units, key="train_units",
+                                 help="Neurons in the small classifier on top.")
+        patience = c3.number_input("Patience", 1, 100, defaults.patience, key="train_patience",
+                                   help="Epochs without improvement before stopping early.")
+        balanced = c3.checkbox("Balance classes", True, key="train_balanced",
+                               help="Give small classes as much weight as large ones.")
+        finetune_epochs, finetune_lr, copies = defaults.finetune_epochs, defaults.finetune_lr, 0
+        if mode == "finetune":
+            finetune_epochs = c1.number_input("Fine-tuning epochs", 1, 200, defaults.finetune_epochs,
+                                              key="train_ft_epochs")
+            finetune_lr = c2.select_slider("Fine-tuning learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
+                                           defaults.finetune_lr, key="train_ft_lr", format_func=lambda v: f"{v:g}",
+                                           help="Small on purpose (SGD, momentum 0.9): big steps would wreck "
+                                                "what the network learned from ImageNet.")
+        if mode == "bottleneck":
+            copies = c2.number_input("Augmented copies", 0, 20, 0, key="train_copies",
+                                     help="Also cache the features of this many augmented versions of each "
+                                          "training photo: augmentation without losing the speed of caching.")
+
+    if not st.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start"):
+        return None
+    try:
+        return TrainConfig(
+            data=str(dataset_path()), val_split=st.session_state["val_split"],
+            test_split=st.session_state["test_split"], seed=st.session_state["seed"], mode=mode, backbone=backbone,
+            dense_units=units, dropout=dropout, epochs=int(epochs), batch_size=batch_size, lr=lr,
+            finetune_epochs=int(finetune_epochs), finetune_lr=finetune_lr,
+            class_weights="balanced" if balanced else "none", patience=int(patience), augment_copies=int(copies),
+            augment=augment), name
+    except ConfigError as exc:
+        st.error(f"Check the settings: {exc}")
+        return None
+
+
+def start(config: TrainConfig, name: str) -> None:
+    try:
+        run = create_run(config, name=name)
+        start_run_process(run)
+    except (RunError, OSError) as exc:
+        st.error(f"The training could not start: {exc}")
+        return
+    st.session_state["watch_run"] = run.id
+    st.session_state["run_id"] = run.id
+
+
+def watched_run() -> Run | None:
+    """The run to show: one this session started, else any running one, else the newest."""
+    run_id = st.session_state.get("watch_run")
+    if run_id:
+        try:
+            return get_run(run_id)
+        except RunError:
+            st.session_state.pop("watch_run")
+    running = active_runs()
+    if running:
+        return running[0]
+    runs = list_runs()
+    return runs[0] if runs else None
+
+
+def _eta(status: dict) -> str:
+    progress = float(status.get("progress") or 0.0)
+    started = status.get("phase_started_at")
+    if not started or progress <= 0.02 or progress >= 1:
+        return ""
+    remaining = (time.time() - started) * (1 - progress) / progress
+    return f" · about {remaining:.0f} s left in this phase"
+
+
+def live_view(run: Run, polling: bool) -> None:
+    status = run.status()
+    state = status.get("state")
+    if polling and state not in ACTIVE_STATES:
+        st.rerun(scope="app")  # finished: redraw the whole page once, then stop polling
+    history = run.history()
+    started = status.get("started_at") or status.get("created_at") or time.time()
+    ended = status.get("finished_at") or time.time()
+    header = {"queued": "⏳ Waiting", "running": "🏃 Training", "done": "✅ Finished", "failed": "❌ Failed",
+              "stopped": "⏹️ Stopped"}.get(state, state)
+    st.subheader(f"{header}: {run.id}")
+    if state in ACTIVE_STATES:
+        st.progress(float(status.get("progress") or 0.0),
+                    text=f"{status.get('message') or status.get('phase')} · {ended - started:.0f} s elapsed"
+                         f"{_eta(status)}")
+        if st.button("Stop", icon=":material/stop:", key=f"stop_{run.id}",
+                     help="Stops within a moment; the best model so far is kept if an epoch has finished."):
+            run.request_stop()
+            st.toast("Stopping…")
+    elif state == "failed":
+        st.error(status.get("error") or "The training failed.")
+        with st.expander("Technical log"):
+            st.code(run.log_tail(), language=None)
+    else:
+        metrics = run.metrics() or {}
+        c1, c2, c3, c4 = st.columns(4)
+        if metrics.get("val_accuracy") is not None:
+            c1.metric("Validation accuracy", f"{metrics['val_accuracy']:.1%}")
+        if metrics.get("test_accuracy") is not None:
+            c2.metric("Test accuracy", f"{metrics['test_accuracy']:.1%}")
+        c3.metric("Time", f"{ended - started:.1f} s")
+        if metrics.get("n_extracted") is not None:
+            c4.metric("Images through the network", metrics["n_extracted"],
+                      help="Images whose features had to be computed; the rest came from the cache.")
+        if state == "stopped":
+            st.info(status.get("message") or "Stopped.")
+        if run.has_model():
+            st.page_link("pages/5_predictions.py", label="See what the model got right and wrong",
+                         icon=":material/grid_view:")
+    if not history.empty:
+        left, right = st.columns(2)
+        left.plotly_chart(history_figure(history, "loss"), key=f"loss_{run.id}")
+        right.plotly_chart(history_figure(history, "accuracy"), key=f"acc_{run.id}")
+    elif state in ACTIVE_STATES:
+        st.caption("The charts appear when the first epoch ends.")
+
+
+result = settings_form()
+if result:
+    start(*result)
+
+run = watched_run()
+if run is not None:
+    st.divider()
+    active = run.status().get("state") in ACTIVE_STATES
+    # Poll the run folder every second while it trains; a finished run is drawn once.
+    st.fragment(live_view, run_every="1s" if active else None)(run, active)

@@ -1,0 +1,250 @@
+"""Predictions: how good is a finished run, which images did it get wrong, and what does it say about new ones."""
+from __future__ import annotations
+
+import functools
+import math
+from datetime import datetime
+from pathlib import Path
+
+import streamlit as st
+
+from core.export import ExportError, export_tflite
+from core.runs import Run, list_runs
+from ui.common import dataset_label, thumb
+from ui.prediction_views import (ALL, SORTS, WRONG_CSS, cell_from_selection, clickable_confusion, confusion_from,
+                                 export_check_sentence, filter_predictions, per_class_table, predict_uploads,
+                                 prepare_predictions)
+from ui.state import init_state
+
+init_state()
+st.title("Predictions")
+st.caption("What a finished training learned: how often it is right, which photos it confuses, and what it says "
+           "about photos it has never seen.")
+
+# ------------------------------------------------------------------------------------------- which run
+finished = [run for run in list_runs() if run.has_model()]
+if not finished:
+    st.info("No finished training yet. Train a model first; its results appear here.")
+    st.page_link("pages/4_training.py", label="Go to Training", icon=":material/model_training:")
+    st.stop()
+
+ids = [run.id for run in finished]
+by_id = {run.id: run for run in finished}
+wanted = st.session_state.get("run_id")
+if st.session_state.get("pred_run") not in by_id:
+    st.session_state["pred_run"] = wanted if wanted in by_id else ids[0]  # list_runs: newest first
+if wanted and wanted not in by_id:
+    st.caption(f"Run `{wanted}` has no model (yet): showing the newest finished run instead.")
+
+
+def run_title(run_id: str) -> str:
+    metrics = by_id[run_id].metrics() or {}
+    acc = metrics.get("val_accuracy")
+    name = by_id[run_id].config_dict().get("name") or run_id
+    return f"{name} — {metrics.get('mode', '?')}" + (f", {acc:.0%} right" if acc is not None else "")
+
+
+run_id = st.selectbox("Run", ids, key="pred_run", format_func=run_title,
+                      help="Each training is a run. The newest is first; the Runs page compares them.")
+st.session_state["run_id"] = run_id
+run: Run = by_id[run_id]
+metrics = run.metrics() or {}
+config = run.config_dict()
+classes = metrics.get("classes") or run.labels()
+train = config.get("train", {})
+st.caption(f"Dataset **{dataset_label(train.get('data', '?'))}** · mode **{train.get('mode', '?')}** · "
+           f"backbone **{metrics.get('backbone') or '—'}** · {metrics.get('n_train', '?')} training images · "
+           f"trained {datetime.fromtimestamp(config.get('created_at', 0)):%Y-%m-%d %H:%M}")
+
+# ------------------------------------------------------------------------------------------- summary
+cols = st.columns(4)
+val_acc, test_acc = metrics.get("val_accuracy"), metrics.get("test_accuracy")
+cols[0].metric("Validation accuracy", f"{val_acc:.1%}" if val_acc is not None else "—",
+               help="Share of the validation photos (kept aside, never trained on) that the model got right.")
+if test_acc is not None:
+    cols[1].metric("Test accuracy", f"{test_acc:.1%}",
+                   help="The same on the test photos, which were not even used to choose when to stop training: "
+                        "the most honest estimate.")
+cols[2].metric("Validation photos", metrics.get("n_val", "—"))
+seconds = metrics.get("total_seconds") or metrics.get("train_seconds")
+cols[3].metric("Training time", f"{seconds:.0f} s" if seconds else "—")
+kind, sentence = export_check_sentence(metrics.get("export_check"))
+getattr(st, kind)(sentence)
+
+frame = run.predictions()
+if frame is None or frame.empty or not classes:
+    st.warning("This run saved no predictions (predictions.csv is missing), so there is nothing to show below.")
+    st.stop()
+frame = prepare_predictions(frame)
+
+# ------------------------------------------------------------------------------------------- confusion
+splits = [s for s in ("val", "test") if (frame["split"] == s).any()]
+split = splits[0]
+if len(splits) > 1:
+    split = st.segmented_control("Photos to look at", splits, default="val", key="pred_split",
+                                 format_func={"val": "Validation", "test": "Test"}.get,
+                                 help="Validation photos guided the training (when to stop); test photos did not.") \
+        or "val"
+rows = frame[frame["split"] == split]
+matrix = confusion_from(rows, classes)
+
+# Filter widgets' defaults (set before they are drawn; a click on the chart changes them in its callback).
+for key, default in (("pred_true", ALL), ("pred_said", ALL), ("pred_outcome", "all")):
+    st.session_state.setdefault(key, default)
+chart_key = f"pred_confusion_{run_id}_{split}"
+
+
+def on_cell_click() -> None:
+    cell = cell_from_selection(st.session_state[chart_key].get("selection"), classes)
+    st.session_state["pred_true"], st.session_state["pred_said"] = cell or (ALL, ALL)
+    st.session_state["pred_outcome"] = "all"
+    st.session_state["pred_page"] = 1
+
+
+left, right = st.columns([1, 1])
+with left:
+    st.markdown("**Confusion matrix** — rows: the true class; columns: what the model said. The diagonal is right, "
+                "everything else is a mistake. **Click a cell** to see its photos below.")
+    st.plotly_chart(clickable_confusion(matrix, classes), key=chart_key, on_select=on_cell_click,
+                    selection_mode=("points",), config={"displayModeBar": False})
+with right:
+    st.markdown("**Per class**")
+    split_metrics = metrics if split == "val" else (metrics.get("test") or {})
+    if split_metrics.get("per_class"):
+        st.dataframe(per_class_table(split_metrics["per_class"]), key="pred_per_class", column_config={
+            "precision": st.column_config.NumberColumn(
+                "precision", format="percent",
+                help="Of the photos the model called this class, the share that really are."),
+            "recall": st.column_config.NumberColumn(
+                "recall", format="percent",
+                help="Of the photos that really are this class, the share the model found."),
+            "f1": st.column_config.NumberColumn("F1", format="%.2f", help="Precision and recall in one number."),
+            "support": st.column_config.NumberColumn("photos", help="Photos of this class in this split.")})
+    mistakes = [(classes[i], classes[j], matrix[i][j]) for i in range(len(classes)) for j in range(len(classes))
+                if i != j and matrix[i][j]]
+    if mistakes:
+        worst = sorted(mistakes, key=lambda m: -m[2])[:3]
+        st.caption("Most confused: " + "; ".join(f"{t} taken for {s} ({n}×)" for t, s, n in worst))
+    else:
+        st.caption("No mistakes on these photos.")
+
+# ------------------------------------------------------------------------------------------- the grid
+st.subheader("Photos and what the model said")
+st.caption("Confidence: how sure the model is (the probability it gave its answer). Sort by it to see the photos "
+           "it hesitated on: often ambiguous, badly framed or mislabelled.")
+options = [ALL] + list(classes)
+for key in ("pred_true", "pred_said"):
+    if st.session_state[key] not in options:  # another run with other classes
+        st.session_state[key] = ALL
+f1, f2, f3, f4, f5 = st.columns([2, 2, 2, 2, 1])
+true = f1.selectbox("True class", options, key="pred_true", help="The class the photo is filed under.")
+said = f2.selectbox("Model said", options, key="pred_said", help="The class the model predicted.")
+outcome = f3.segmented_control("Show", ["all", "wrong", "right"], key="pred_outcome",
+                               format_func={"all": "All", "wrong": "❌ Wrong", "right": "✅ Right"}.get) or "all"
+sort = f4.selectbox("Order", list(SORTS), key="pred_sort")
+page_size = f5.selectbox("Per page", [12, 24, 48, 96], index=1, key="pred_page_size")
+
+shown = filter_predictions(frame, split, true, said, outcome, sort)
+n_pages = max(1, math.ceil(len(shown) / page_size))
+wrong_total = int((~rows["correct"]).sum())
+st.caption(f"{len(shown)} of {len(rows)} photos ({wrong_total} wrong in this split).")
+if shown.empty:
+    st.info("No photo matches these filters.")
+else:
+    st.html(WRONG_CSS)
+    page = st.pagination(n_pages, key="pred_page") if n_pages > 1 else 1
+    per_row = 6
+    chunk = shown.iloc[(page - 1) * page_size: page * page_size]
+    for start in range(0, len(chunk), per_row):
+        for col, (_, item) in zip(st.columns(per_row), chunk.iloc[start:start + per_row].iterrows()):
+            key = f"pred{'right' if item['correct'] else 'wrong'}-{start}-{item.name}"
+            with col.container(border=True, key=key):
+                data = thumb(item["path"], 200)
+                if data is None:
+                    st.markdown("🗂️ *file moved*")
+                    st.caption("Renamed, moved or deleted since training.")
+                else:
+                    st.image(data, width="stretch")
+                mark = "✅" if item["correct"] else "❌"
+                st.markdown(f"{mark} **{item['predicted']}** · {item['confidence']:.0%}")
+                if not item["correct"]:
+                    st.markdown(f":red[true: **{item['label']}**]")
+                st.caption(Path(item["path"]).name, help=item["path"])
+
+# ------------------------------------------------------------------------------------------- new images
+st.subheader("Try it on new photos")
+st.caption("Drop photos (or a .zip of photos) the model has never seen. Nothing is added to your dataset.")
+uploads = st.file_uploader("Photos or a .zip", accept_multiple_files=True, key="pred_uploads",
+                           type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "zip"])
+model_path = run.file("model.keras")
+if uploads:
+    cache_key = (str(model_path), model_path.stat().st_mtime_ns, tuple(u.file_id for u in uploads))
+    result = st.session_state.get("pred_new")
+    if not result or result.get("key") != cache_key:
+        try:
+            with st.spinner(f"Predicting {len(uploads)} upload(s)…"):
+                result = predict_uploads(model_path, list(classes), uploads) | {"key": cache_key}
+            st.session_state["pred_new"] = result
+        except ExportError as exc:
+            st.error(f"The model of this run could not be loaded: {exc}")
+            result = None
+    if result:
+        for note in result["notes"][:10]:
+            st.caption(f"Left out: {note}")
+        table = result["table"]
+        per_row = 5
+        for start in range(0, min(len(table), 60), per_row):
+            for col, (index, item) in zip(st.columns(per_row), table.iloc[start:start + per_row].iterrows()):
+                with col.container(border=True):
+                    if result["thumbs"][index]:
+                        st.image(result["thumbs"][index], width="stretch")
+                    if item["predicted"] is None:
+                        st.markdown(f"⚠️ *unreadable*: {item['problem']}")
+                    else:
+                        st.markdown(f"**{item['predicted']}** · {item['confidence']:.0%}")
+                        probs = sorted(((c, item[f"p_{c}"]) for c in classes), key=lambda cp: -cp[1])[:3]
+                        for name, p in probs:
+                            st.progress(float(p), text=f"{name} {p:.0%}")
+                    st.caption(item["file"])
+        if len(table) > 60:
+            st.caption(f"The first 60 of {len(table)} are shown; the table below has them all.")
+        st.dataframe(table, key="pred_new_table", hide_index=True, column_config={
+            "confidence": st.column_config.ProgressColumn("confidence", format="percent", min_value=0, max_value=1),
+            "margin": st.column_config.NumberColumn("margin", format="%.2f",
+                                                    help="Top probability minus the second: small = a close call."),
+            **{f"p_{c}": st.column_config.NumberColumn(c, format="%.3f") for c in classes}})
+        st.download_button("New photos' predictions (CSV)", table.to_csv(index=False).encode(),
+                           file_name=f"{run_id}-new-predictions.csv", mime="text/csv", key="pred_dl_new",
+                           icon=":material/download:", on_click="ignore")
+
+# ------------------------------------------------------------------------------------------- downloads
+st.subheader("Download")
+st.caption("`model.keras` takes a photo of any size (RGB, values 0–255) and returns one probability per class in "
+           "the order of `labels.json`; it needs only Keras, none of this app's code. TFLite is for phones.")
+d1, d2, d3, d4 = st.columns(4)
+d1.download_button("Predictions (CSV)", functools.partial(run.file("predictions.csv").read_bytes),
+                   file_name=f"{run_id}-predictions.csv", mime="text/csv", key="pred_dl_csv",
+                   icon=":material/table:", on_click="ignore", help="One line per validation/test photo.")
+d2.download_button("Model (model.keras)", functools.partial(model_path.read_bytes),
+                   file_name=f"{run_id}.keras", mime="application/octet-stream", key="pred_dl_model",
+                   icon=":material/neurology:", on_click="ignore",
+                   help=f"{model_path.stat().st_size / 1e6:.0f} MB")
+d3.download_button("Class names (labels.json)", functools.partial(run.file("labels.json").read_bytes),
+                   file_name="labels.json", mime="application/json", key="pred_dl_labels",
+                   icon=":material/label:", on_click="ignore")
+tflite = run.file("model.tflite")
+fresh = tflite.exists() and tflite.stat().st_mtime_ns >= model_path.stat().st_mtime_ns
+with d4:
+    if fresh:
+        st.download_button("TFLite (model.tflite)", functools.partial(tflite.read_bytes),
+                           file_name=f"{run_id}.tflite", mime="application/octet-stream", key="pred_dl_tflite",
+                           icon=":material/smartphone:", on_click="ignore",
+                           help="Fixed input: one square RGB image, float 0–255.")
+    elif st.button("Make a TFLite file", key="pred_make_tflite", icon=":material/smartphone:",
+                   help="Converts the model for phones and small devices (takes up to a minute)."):
+        try:
+            with st.spinner("Converting to TFLite…"):
+                export_tflite(model_path, tflite)
+            st.rerun()
+        except ExportError as exc:
+            st.error(f"The conversion failed: {exc}")

@@ -1,0 +1,125 @@
+"""Runs: every training in one table; compare their curves; open, inspect or delete one."""
+from __future__ import annotations
+
+import streamlit as st
+
+from core.charts import overlay_figure
+from core.runs import ACTIVE_STATES, RunError, delete_run, get_run, runs_table
+from ui.state import init_state
+
+init_state()
+st.title("Runs")
+st.caption("Every training you started, newest first. Tick runs in the table to compare their learning curves, "
+           "for example training from scratch against pretrained features on the same photos.")
+
+TABLE_KEY = "runs_table"
+
+flash = st.session_state.pop("runs_flash", None)
+if flash:
+    getattr(st, flash[0])(flash[1])
+
+table = runs_table()
+if table.empty:
+    st.info("No runs yet. Start a training and it will be listed here.")
+    st.page_link("pages/4_training.py", label="Go to Training", icon=":material/model_training:")
+    st.stop()
+
+table["mode"] = table["mode"].fillna("?")
+event = st.dataframe(
+    table, key=TABLE_KEY, on_select="rerun", selection_mode="multi-row", hide_index=True,
+    column_order=["run", "name", "dataset", "mode", "backbone", "val_accuracy", "test_accuracy", "seconds",
+                  "status", "date"],
+    column_config={
+        "run": st.column_config.TextColumn("run", help="The run's folder name (date, time, mode)."),
+        "mode": st.column_config.TextColumn("mode", help="scratch: a small network learns alone; bottleneck: "
+                                                         "pretrained features + small classifier; finetune: "
+                                                         "then also adjusts the top of the pretrained network."),
+        "val_accuracy": st.column_config.ProgressColumn(
+            "validation accuracy", format="percent", min_value=0.0, max_value=1.0,
+            help="Share of the validation photos the model got right."),
+        "test_accuracy": st.column_config.ProgressColumn(
+            "test accuracy", format="percent", min_value=0.0, max_value=1.0,
+            help="The same on the test photos (only when a test split was kept aside)."),
+        "seconds": st.column_config.NumberColumn("duration", format="%.0f s", help="Wall-clock time of the run."),
+        "status": st.column_config.TextColumn("status"),
+    })
+selected_rows = [i for i in event.selection.rows if 0 <= i < len(table)]
+selected = table.iloc[selected_rows]
+
+if selected.empty:
+    st.caption("☝️ Tick one or more runs (the boxes at the left of the table) to compare and manage them.")
+    st.stop()
+
+
+def label(row) -> str:
+    return f"{row['name'] or row['run']} ({row['mode']})"
+
+
+# ------------------------------------------------------------------------------------------- curves
+histories = {label(row): get_run(row["run"]).history() for _, row in selected.iterrows()}
+st.subheader("Learning curves")
+st.caption("Validation curves show how well each model does on photos it does not learn from; when the training "
+           "curve keeps rising but the validation curve does not, the model is memorising its photos.")
+tab_acc, tab_loss, tab_train = st.tabs(["Validation accuracy", "Validation loss", "Training accuracy"])
+for tab, metric, title, key in ((tab_acc, "val_accuracy", "Validation accuracy (higher is better)", "acc"),
+                                (tab_loss, "val_loss", "Validation loss (lower is better)", "loss"),
+                                (tab_train, "accuracy", "Training accuracy", "train")):
+    fig = overlay_figure(histories, metric)
+    fig.update_layout(title=title)
+    if "accuracy" in metric:
+        fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    tab.plotly_chart(fig, key=f"runs_overlay_{key}")
+if all(h.empty for h in histories.values()):
+    st.caption("The selected runs have no recorded epochs yet.")
+
+
+# ------------------------------------------------------------------------------------------- per run
+def ask_delete(run_id: str) -> None:
+    st.session_state["runs_confirm_delete"] = run_id
+
+
+def do_delete(run_id: str) -> None:
+    st.session_state.pop("runs_confirm_delete", None)
+    try:
+        delete_run(get_run(run_id))
+    except (RunError, OSError) as exc:
+        st.session_state["runs_flash"] = ("error", f"Not deleted: {exc}")
+        return
+    st.session_state["runs_flash"] = ("success", f"Run `{run_id}` deleted.")
+    st.session_state[TABLE_KEY] = {"selection": {"rows": [], "columns": []}}  # row numbers shift after a delete
+
+
+st.subheader("Selected runs")
+for _, row in selected.iterrows():
+    run_id = row["run"]
+    try:
+        run = get_run(run_id)
+    except RunError as exc:  # deleted in another tab since the table was read
+        st.warning(str(exc))
+        continue
+    with st.container(border=True):
+        st.markdown(f"**{label(row)}** · `{run_id}` · {row['status']}")
+        c1, c2, c3 = st.columns(3)
+        if c1.button("Show predictions", key=f"runs_show_{run_id}", icon=":material/grid_view:",
+                     disabled=not run.has_model(),
+                     help="Open its confusion matrix and photos." if run.has_model() else "This run has no model."):
+            st.session_state["run_id"] = run_id
+            st.session_state.pop("pred_run", None)
+            st.switch_page("pages/5_predictions.py")
+        if row["status"] in ACTIVE_STATES:
+            c2.page_link("pages/4_training.py", label="Watch it train", icon=":material/monitoring:")
+        c3.button("Delete…", key=f"runs_delete_{run_id}", icon=":material/delete:", on_click=ask_delete,
+                  args=(run_id,), help="Removes the run's folder: its model, curves and predictions.")
+        if st.session_state.get("runs_confirm_delete") == run_id:
+            st.warning(f"Delete run `{run_id}` and its model for good? This cannot be undone.")
+            y, n = st.columns(2)
+            y.button("Yes, delete it", key=f"runs_delete_yes_{run_id}", type="primary", on_click=do_delete,
+                     args=(run_id,))
+            n.button("Cancel", key=f"runs_delete_no_{run_id}", on_click=ask_delete, args=(None,))
+        status = run.status()
+        if status.get("error"):
+            st.error(f"This run failed: {status['error']}")
+        with st.expander("Settings (config.json)"):
+            st.caption("Everything needed to repeat this run: the settings and the library versions.")
+            st.json(run.config_dict(), expanded=2)
+            st.code(run.config_dict().get("command", ""), language="bash")

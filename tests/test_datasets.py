@@ -1,0 +1,153 @@
+"""Datasets and images: layouts, zips, bad files skipped and reported, stratified reproducible splits."""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DEMO, make_dataset, make_image
+from core import images
+from core.datasets import (DatasetError, dataset_warnings, safe_extract_zip, scan_dataset, split_counts,
+                           validate_class_name)
+
+
+def test_demo_dataset_scans_with_counts():
+    ds = scan_dataset(DEMO)
+    assert ds.classes == ["fish", "monuments", "renewable_energy", "tools"]
+    counts = ds.counts()
+    assert counts["total"].to_dict() == {"fish": 28, "monuments": 27, "renewable_energy": 28, "tools": 39}
+    assert not ds.skipped  # credits live at the dataset root, never inside a class folder
+
+
+def test_split_is_stratified_and_reproducible(tiny_dataset):
+    a = scan_dataset(tiny_dataset, val_split=0.25, test_split=0.25, seed=3)
+    b = scan_dataset(tiny_dataset, val_split=0.25, test_split=0.25, seed=3)
+    c = scan_dataset(tiny_dataset, val_split=0.25, test_split=0.25, seed=4)
+    assert a.items == b.items
+    assert [i.split for i in a.items] != [i.split for i in c.items]
+    counts = a.counts()
+    assert (counts["val"] == 2).all() and (counts["test"] == 2).all() and (counts["train"] == 4).all()
+
+
+def test_split_keeps_images_in_place_when_others_are_added(tiny_dataset):
+    before = {i.path.name + i.label: i.split for i in scan_dataset(tiny_dataset, val_split=0.25, seed=1).items}
+    make_image(tiny_dataset / "red" / "extra.png", (220, 30, 30), seed=99)
+    after = {i.path.name + i.label: i.split for i in scan_dataset(tiny_dataset, val_split=0.25, seed=1).items}
+    moved = [k for k in before if before[k] != after[k]]
+    assert len(moved) <= 1  # at most the image at the split boundary of the one class that grew
+
+
+@pytest.mark.parametrize("n,val,test,expected", [(1, 0.2, 0.0, (0, 0)), (2, 0.2, 0.0, (1, 0)), (10, 0.2, 0.1, (2, 1)),
+                                                 (3, 0.5, 0.5, (1, 1)), (5, 0.0, 0.0, (0, 0))])
+def test_split_counts_leave_a_training_image(n, val, test, expected):
+    assert split_counts(n, val, test) == expected
+
+
+def test_bad_files_are_skipped_with_reasons(tmp_path):
+    root = make_dataset(tmp_path / "ds", per_class=3)
+    red = root / "red"
+    (red / ".DS_Store").write_bytes(b"\x00\x01")
+    (red / "._img_0.png").write_bytes(b"\x00\x05\x16\x07")
+    (red / "notes.docx").write_bytes(b"PK\x03\x04 not really")
+    (red / "empty.jpg").write_bytes(b"")
+    (red / "fake.jpg").write_text("<html>not an image</html>")
+    good = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(good, "JPEG")
+    (red / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    (red / "README.txt").write_text("credits")  # documentation: ignored silently
+    ds = scan_dataset(root)
+    reasons = {s.path.name: s.reason for s in ds.skipped}
+    assert set(reasons) == {".DS_Store", "._img_0.png", "notes.docx", "empty.jpg", "fake.jpg", "truncated.jpg"}
+    assert "empty" in reasons["empty.jpg"] and "truncated" in reasons["truncated.jpg"]
+    assert "not an image" in reasons["notes.docx"] and "Pillow" in reasons["fake.jpg"]
+    assert ds.counts().loc["red", "total"] == 3
+    assert any("skipped" in w for w in dataset_warnings(ds))
+
+
+def test_image_modes_become_rgb(tmp_path):
+    gray16 = tmp_path / "g16.png"
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(gray16)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(cmyk)
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (16, 16), (255, 0, 0, 0)).save(rgba)  # fully transparent → white
+    palette = tmp_path / "p.gif"
+    Image.new("P", (16, 16), 3).save(palette)
+    webp = make_image(tmp_path / "x.webp", fmt="WEBP")
+    tiff = make_image(tmp_path / "x.tiff", fmt="TIFF")
+    bmp = make_image(tmp_path / "x.bmp", fmt="BMP")
+    for path in (gray16, cmyk, rgba, palette, webp, tiff, bmp):
+        arr = images.load_rgb(path)
+        assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3, path
+    assert images.load_rgb(rgba)[0, 0].tolist() == [255, 255, 255]
+    assert images.load_rgb(gray16).max() > 200  # scaled from 16 bits, not clipped to white or black
+    red = images.load_rgb(cmyk)[0, 0]
+    assert red[0] > 200 and red[1] < 60
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    path = tmp_path / "rotated.jpg"
+    img.save(path, exif=exif)
+    assert images.load_rgb(path).shape[:2] == (40, 20)  # height 40, width 20 after rotation
+
+
+def test_split_layout_and_zip(tmp_path):
+    make_dataset(tmp_path / "src" / "train", per_class=4)
+    make_dataset(tmp_path / "src" / "valid", per_class=2)
+    ds = scan_dataset(tmp_path / "src")
+    assert ds.layout == "split" and set(ds.counts().columns) == {"train", "val", "total"}
+    zpath = tmp_path / "ds.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in (tmp_path / "src").rglob("*.png"):
+            zf.write(f, Path("wrapper") / f.relative_to(tmp_path / "src"))  # one top folder
+    zds = scan_dataset(zpath)
+    assert zds.layout == "split" and zds.classes == ds.classes
+    assert zds.counts()["total"].sum() == 18
+
+
+def test_errors_a_user_can_act_on(tmp_path):
+    make_dataset(tmp_path / "one", {"cats": (1, 2, 3)})
+    with pytest.raises(DatasetError, match="at least 2 class"):
+        scan_dataset(tmp_path / "one")
+    root = make_dataset(tmp_path / "empty", per_class=2)
+    (root / "purple").mkdir()
+    with pytest.raises(DatasetError, match="'purple' has no usable image"):
+        scan_dataset(root)
+    make_dataset(tmp_path / "split" / "train", per_class=2)
+    make_dataset(tmp_path / "split" / "validation", {"red": (1, 1, 1), "green": (2, 2, 2)}, per_class=1)
+    with pytest.raises(DatasetError, match="missing from 'val'.*blue"):
+        scan_dataset(tmp_path / "split")
+    with pytest.raises(DatasetError, match="does not exist"):
+        scan_dataset(tmp_path / "nope")
+
+
+def test_zip_slip_and_symlinks_are_left_out(tmp_path):
+    zpath = tmp_path / "evil.zip"
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("../escape.png", png.getvalue())
+        zf.writestr("/abs.png", png.getvalue())
+        zf.writestr("a/ok.png", png.getvalue())
+        link = zipfile.ZipInfo("a/link.png")
+        link.external_attr = (0o120777 << 16)
+        zf.writestr(link, "/etc/passwd")
+        zf.writestr("a/inner.zip", b"PK")
+    notes = safe_extract_zip(zpath, tmp_path / "out")
+    assert (tmp_path / "out" / "a" / "ok.png").exists()
+    assert not (tmp_path / "escape.png").exists() and not (tmp_path / "out" / "a" / "link.png").exists()
+    assert len(notes) == 4
+
+
+def test_class_names_are_validated():
+    assert validate_class_name("  golden retriever ") == "golden retriever"
+    for bad in ("", "../x", ".hidden", "a/b", "unlabelled", "train"):
+        with pytest.raises(DatasetError):
+            validate_class_name(bad)

@@ -1,0 +1,151 @@
+"""Training modes end to end on real images and the real EfficientNet-Lite0; the feature cache; the export."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import PROJECT_ROOT, make_dataset, make_image
+from core.config import TrainConfig
+from core.execute import execute_run
+from core.features import FeatureCache, extract_features
+from core.runs import create_run
+
+RUN_FILES = {"config.json", "status.json", "history.csv", "metrics.json", "model.keras", "labels.json",
+             "predictions.csv", "split.json"}
+
+
+def _train(data: Path, out: Path, **settings) -> tuple[dict, Path]:
+    run = create_run(TrainConfig(data=str(data), **settings), out)
+    status = execute_run(run)
+    assert status["state"] == "done", status
+    return json.loads((out / "metrics.json").read_text()), out
+
+
+def test_bottleneck_run_writes_its_folder_and_learns(workspace, tiny_dataset, tmp_path):
+    metrics, out = _train(tiny_dataset, tmp_path / "run", mode="bottleneck", epochs=20, val_split=0.25)
+    assert RUN_FILES <= {p.name for p in out.iterdir()}
+    assert metrics["val_accuracy"] >= 0.8  # three colours: trivially separable with ImageNet features
+    assert metrics["n_extracted"] == 24 and metrics["n_train"] == 18 and metrics["n_val"] == 6
+    assert metrics["test_accuracy"] is None and metrics["classes"] == ["blue", "green", "red"]
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns[:5]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert history["epoch"].tolist() == list(range(1, len(history) + 1))
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["mode"] == "bottleneck" and "tensorflow" in config["versions"]
+    assert json.loads((out / "labels.json").read_text()) == ["blue", "green", "red"]
+
+
+def test_cache_hit_extracts_nothing_and_new_content_only(workspace, tiny_dataset, tmp_path):
+    first, _ = _train(tiny_dataset, tmp_path / "a", mode="bottleneck", epochs=2)
+    second, _ = _train(tiny_dataset, tmp_path / "b", mode="bottleneck", epochs=2)
+    assert first["n_extracted"] == 24 and second["n_extracted"] == 0
+    # Relabel one image (a move: same content) and add one new image: only the new one is extracted.
+    (tiny_dataset / "red" / "img_0.png").rename(tiny_dataset / "green" / "moved.png")
+    make_image(tiny_dataset / "blue" / "new.png", (30, 30, 230), seed=77)
+    third, _ = _train(tiny_dataset, tmp_path / "c", mode="bottleneck", epochs=2)
+    assert third["n_extracted"] == 1
+
+
+def test_corrupt_cache_entry_is_recomputed(workspace, tiny_dataset):
+    paths = sorted(tiny_dataset.rglob("*.png"))[:3]
+    cache_root = workspace / "cache" / "features"
+    first = extract_features(paths, "efficientnet_lite0", cache_root)
+    entry = next(cache_root.rglob("*.npy"))
+    entry.write_bytes(b"garbage")
+    again = extract_features(paths, "efficientnet_lite0", cache_root)
+    assert again.n_extracted == 1
+    np.testing.assert_allclose(again.features, first.features, atol=1e-5)
+    assert len(FeatureCache(cache_root, "efficientnet_lite0", 224)) == 3
+
+
+def test_finetune_starts_from_the_head_and_trains_the_top_block(workspace, tiny_dataset, tmp_path):
+    metrics, out = _train(tiny_dataset, tmp_path / "ft", mode="finetune", epochs=5, finetune_epochs=1,
+                          batch_size=8, early_stopping=False)
+    history = pd.read_csv(out / "history.csv")
+    assert history["stage"].tolist() == ["bottleneck"] * 5 + ["finetune"]
+    assert history["lr"].iloc[-1] == pytest.approx(1e-4)
+    # The fine-tuned model starts from the trained head, so it is good from its first epoch.
+    assert history["val_accuracy"].iloc[-1] >= 0.8
+    assert metrics["mode"] == "finetune" and (out / "head_bottleneck.weights.h5").exists()
+
+
+def test_finetune_from_a_bottleneck_run(workspace, tiny_dataset, tmp_path):
+    _, base = _train(tiny_dataset, tmp_path / "base", mode="bottleneck", epochs=10)
+    metrics, out = _train(tiny_dataset, tmp_path / "ft", mode="finetune", finetune_epochs=1, batch_size=8,
+                          from_run=str(base))
+    history = pd.read_csv(out / "history.csv")
+    assert history["stage"].tolist() == ["finetune"] and metrics["n_extracted"] == 0
+    assert history["val_accuracy"].iloc[0] >= 0.8  # the head came trained from the source run
+
+
+def test_scratch_trains_the_small_convnet(workspace, tiny_dataset, tmp_path):
+    metrics, out = _train(tiny_dataset, tmp_path / "s", mode="scratch", epochs=3, batch_size=8)
+    assert metrics["backbone"] is None and metrics["input_size"] == 150 and metrics["n_extracted"] == 0
+    assert len(pd.read_csv(out / "history.csv")) == 3
+
+
+def test_two_classes_use_a_sigmoid_and_export_two_columns(workspace, tmp_path):
+    data = make_dataset(tmp_path / "two", {"cats": (200, 120, 40), "dogs": (40, 90, 200)}, per_class=6)
+    metrics, out = _train(data, tmp_path / "r", mode="bottleneck", epochs=5)
+    from core.export import load_model, predict_files
+    model = load_model(out / "model.keras")
+    assert model.get_layer("classifier").get_layer("head").output_shape[-1] == 1
+    probs, _ = predict_files(model, sorted(data.rglob("*.png"))[:4])
+    assert probs.shape == (4, 2) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_exported_model_in_a_fresh_process_predicts_what_the_engine_predicts(demo_run):
+    """model.keras loaded with plain Keras, no project code, in another process: same probabilities."""
+    frame = pd.read_csv(demo_run / "predictions.csv")
+    labels = json.loads((demo_run / "labels.json").read_text())
+    sample = frame[frame["split"] == "val"].head(6)
+    script = f"""
+import json, sys, numpy as np, keras
+from PIL import Image, ImageOps
+model = keras.saving.load_model({str(demo_run / 'model.keras')!r})
+paths = {sample['path'].tolist()!r}
+out = []
+for p in paths:
+    img = Image.open(p); img.draft("RGB", (448, 448)); img = ImageOps.exif_transpose(img).convert("RGB")
+    out.append(model.predict(np.asarray(img, np.float32)[None], verbose=0)[0].tolist())
+print(json.dumps(out))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd="/", env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    expected = sample[[f"p_{c}" for c in labels]].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    assert metrics["export_check"]["same_top1"] == 1.0 and metrics["export_check"]["max_abs_diff"] < 1e-4
+
+
+def test_demo_bottleneck_accuracy(demo_run):
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    assert metrics["val_accuracy"] >= 0.93
+    assert len(metrics["confusion"]) == 4 and sum(map(sum, metrics["confusion"])) == metrics["n_val"]
+
+
+def test_tflite_export_matches_keras(demo_run, tmp_path):
+    from core.export import export_tflite, load_model
+    from core.images import load_resized
+    from core.tfenv import tf
+
+    out = export_tflite(demo_run / "model.keras", tmp_path / "model.tflite")
+    interpreter = tf.lite.Interpreter(model_path=str(out))
+    interpreter.allocate_tensors()
+    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    path = pd.read_csv(demo_run / "predictions.csv")["path"].iloc[0]
+    x = load_resized(path, 224)[None].astype(np.float32)
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    lite = interpreter.get_tensor(outp["index"])
+    keras_out = load_model(demo_run / "model.keras")(x, training=False).numpy()
+    np.testing.assert_allclose(lite, keras_out, atol=1e-4)

@@ -1,0 +1,228 @@
+"""Helpers of the Predictions page: the clickable confusion matrix, grid filtering, predicting uploaded images."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import images
+from core.charts import confusion_figure
+from core.datasets import safe_extract_zip
+
+ALL = "(all)"
+MAX_UPLOAD_IMAGES = 2000  # a zip may hold more; predicting them here would keep the page busy for minutes
+# The grid's CSS hook: a container keyed "predwrong-…" gets the class "st-key-predwrong-…".
+WRONG_CSS = """<style>
+[class*="st-key-predwrong-"] { border: 2px solid #d62728 !important; border-radius: 0.5rem; }
+[class*="st-key-predright-"] { border: 2px solid #2ca02c33 !important; border-radius: 0.5rem; }
+</style>"""
+
+
+# ------------------------------------------------------------------------------------------- the run's results
+def prepare_predictions(frame: pd.DataFrame) -> pd.DataFrame:
+    """predictions.csv with labels as text (a class named "1" must not become the number 1) and `correct` recomputed."""
+    frame = frame.copy()
+    for col in ("label", "predicted", "split", "path"):
+        frame[col] = frame[col].astype(str)
+    frame["correct"] = frame["label"] == frame["predicted"]
+    return frame
+
+
+def confusion_from(frame: pd.DataFrame, classes: list[str]) -> list[list[int]]:
+    """Rows: true class, columns: predicted class, in the order of `classes`."""
+    table = pd.crosstab(frame["label"], frame["predicted"]).reindex(index=classes, columns=classes, fill_value=0)
+    return table.astype(int).values.tolist()
+
+
+def clickable_confusion(matrix: list[list[int]], classes: list[str]) -> go.Figure:
+    """The confusion heatmap with one invisible square marker per cell on top.
+
+    Plotly cannot select heatmap cells (plotly.js#170, streamlit#8760), but it can select scatter points: a click
+    on a cell selects its marker, whose `customdata` is [true index, predicted index]. The selected cell is tinted.
+    """
+    fig = confusion_figure(matrix, classes)
+    fig.update_traces(hoverinfo="skip", hovertemplate=None, selector={"type": "heatmap"})
+    xs, ys, data, text = [], [], [], []
+    for i, true in enumerate(classes):
+        for j, said in enumerate(classes):
+            xs.append(said)
+            ys.append(true)
+            data.append([i, j])
+            n = matrix[i][j]
+            verdict = "right" if i == j else "wrong"
+            text.append(f"true: {true}<br>model said: {said}<br>{n} image{'s' * (n != 1)} ({verdict})"
+                        + ("<br>click to see them" if n else ""))
+    side = max(12, min(34, 240 // max(1, len(classes))))
+    fig.add_scatter(x=xs, y=ys, customdata=data, hovertext=text, hoverinfo="text", mode="markers",
+                    showlegend=False, name="cells",
+                    marker={"symbol": "square", "size": side, "color": "rgba(0,0,0,0)"},
+                    selected={"marker": {"color": "rgba(214,39,40,0.35)"}},
+                    unselected={"marker": {"opacity": 1}})
+    # hoverdistance -1: the nearest marker wins wherever the pointer is, so the whole cell is clickable.
+    fig.update_layout(clickmode="event+select", dragmode=False, hovermode="closest", hoverdistance=-1)
+    n = len(classes)
+    fig.update_xaxes(range=[-0.5, n - 0.5], fixedrange=True)
+    fig.update_yaxes(range=[n - 0.5, -0.5], fixedrange=True)
+    return fig
+
+
+def cell_from_selection(selection: dict | None, classes: list[str]) -> tuple[str, str] | None:
+    """(true class, predicted class) of the clicked cell, or None when nothing (or no cell) is selected."""
+    points = (selection or {}).get("points") or []
+    for point in points:
+        data = point.get("customdata")
+        if isinstance(data, (list, tuple)) and len(data) == 2:
+            i, j = int(data[0]), int(data[1])
+            if 0 <= i < len(classes) and 0 <= j < len(classes):
+                return classes[i], classes[j]
+    return None
+
+
+SORTS = {
+    "least sure first": ("confidence", True),
+    "most sure first": ("confidence", False),
+    "closest call first (margin)": ("margin", True),
+    "file name": ("path", True),
+}
+
+
+def filter_predictions(frame: pd.DataFrame, split: str, true: str = ALL, said: str = ALL, outcome: str = "all",
+                       sort: str = "least sure first") -> pd.DataFrame:
+    """The grid's rows: one split, optionally one true class / one predicted class / only right or wrong."""
+    rows = frame[frame["split"] == split]
+    if true != ALL:
+        rows = rows[rows["label"] == true]
+    if said != ALL:
+        rows = rows[rows["predicted"] == said]
+    if outcome == "wrong":
+        rows = rows[~rows["correct"]]
+    elif outcome == "right":
+        rows = rows[rows["correct"]]
+    column, ascending = SORTS.get(sort, SORTS["least sure first"])
+    if column in rows:
+        rows = rows.sort_values(column, ascending=ascending, kind="stable")
+    return rows
+
+
+def per_class_table(per_class: dict) -> pd.DataFrame:
+    table = pd.DataFrame.from_dict(per_class, orient="index")
+    table.index.name = "class"
+    return table.reindex(columns=["precision", "recall", "f1", "support"])
+
+
+def export_check_sentence(check: dict | None) -> tuple[str, str]:
+    """("success"|"warning"|"info", plain words) for metrics.json's export_check."""
+    if not check or not check.get("n_images"):
+        return "info", "The saved model file was not re-checked for this run."
+    n, diff, same = check["n_images"], check.get("max_abs_diff") or 0.0, check.get("same_top1")
+    if same == 1.0 and diff < 1e-3:
+        return "success", (f"Export checked: the saved model file (`model.keras`), loaded back from disk, predicts "
+                           f"exactly what the app predicted on {n} validation images (largest difference in any "
+                           f"probability: {diff:.1e}). What you download is what you tested.")
+    if same is not None and same >= 0.99:
+        return "warning", (f"The saved model file agrees with the app's answer on {same:.0%} of {n} validation "
+                           f"images, but its probabilities differ by up to {diff:.2f}.")
+    return "warning", (f"The saved model file gives a different answer from the app on {1 - (same or 0):.0%} of "
+                       f"{n} validation images (probabilities differ by up to {diff:.2f}): retrain before using it.")
+
+
+# ------------------------------------------------------------------------------------------- new images
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def cached_model(path: str, mtime_ns: int):
+    """The run's model.keras, loaded once per file version (a retrained run has a new mtime)."""
+    from core.export import load_model
+
+    return load_model(path)
+
+
+def load_run_model(model_path: Path):
+    return cached_model(str(model_path), model_path.stat().st_mtime_ns)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not images.is_hidden(d) and d != "__MACOSX")
+        for name in sorted(filenames):
+            if not images.is_hidden(name) and not images.is_sidecar(name) and images.has_image_extension(name):
+                found.append(Path(dirpath) / name)
+    return found
+
+
+def save_uploads(files: Sequence, folder: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+    """Write uploaded images to `folder` and unpack uploaded zips there.
+
+    Returns ([(file on disk, name to show)], notes on what was left out)."""
+    out: list[tuple[Path, str]] = []
+    notes: list[str] = []
+    for index, upload in enumerate(files):
+        name = Path(upload.name).name
+        target = folder / f"{index:04d}_{name}"
+        target.write_bytes(upload.getvalue())
+        if name.lower().endswith(".zip"):
+            dest = folder / f"{index:04d}_unzipped"
+            try:
+                notes += safe_extract_zip(target, dest)
+            except ValueError as exc:  # DatasetError: not a zip, too big, too many entries
+                notes.append(f"{name}: {exc}")
+                continue
+            members = _image_files(dest)
+            if not members:
+                notes.append(f"{name}: no images inside.")
+            out += [(path, f"{name}/{path.relative_to(dest).as_posix()}") for path in members]
+        elif images.has_image_extension(name):
+            out.append((target, name))
+        else:
+            notes.append(f"{name}: not an image file.")
+    if len(out) > MAX_UPLOAD_IMAGES:
+        notes.append(f"Only the first {MAX_UPLOAD_IMAGES} of {len(out)} images were predicted.")
+        out = out[:MAX_UPLOAD_IMAGES]
+    return out, notes
+
+
+def _jpeg_thumb(path: Path, side: int = 160) -> bytes | None:
+    try:
+        thumb = images.thumbnail(path, side)
+    except images.ImageError:
+        return None
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def predict_uploads(model_path: Path, classes: list[str], files: Sequence) -> dict:
+    """Predict uploaded images/zips. Files live in a temporary folder only while predicting; the result keeps
+    thumbnails as bytes. Returns {"table": DataFrame, "thumbs": [bytes|None], "notes": [str]}."""
+    from core.export import predict_files
+
+    model = load_run_model(model_path)
+    folder = Path(tempfile.mkdtemp(prefix="fewshot-predict-"))
+    try:
+        saved, notes = save_uploads(files, folder)
+        probs, failed = predict_files(model, [path for path, _ in saved]) if saved else (np.zeros((0, 0)), [])
+        reasons = {str(path): reason for path, reason in failed}
+        rows, thumbs = [], []
+        for (path, shown), p in zip(saved, probs):
+            row = {"file": shown}
+            if np.isnan(p).any():
+                row.update(predicted=None, confidence=None, margin=None,
+                           problem=reasons.get(str(path), "could not be read"))
+            else:
+                order = np.argsort(p)[::-1]
+                row.update(predicted=classes[order[0]], confidence=float(p[order[0]]),
+                           margin=float(p[order[0]] - (p[order[1]] if len(p) > 1 else 0.0)), problem="")
+            row.update({f"p_{c}": (None if np.isnan(p).any() else float(p[k])) for k, c in enumerate(classes)})
+            rows.append(row)
+            thumbs.append(_jpeg_thumb(path))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    columns = ["file", "predicted", "confidence", "margin", "problem"] + [f"p_{c}" for c in classes]
+    return {"table": pd.DataFrame(rows, columns=columns), "thumbs": thumbs, "notes": notes}
