@@ -4,6 +4,9 @@ Near-duplicates are found with a perceptual hash (pHash): the image is shrunk to
 and the 8×8 lowest frequencies compared with their median, giving 64 bits that survive resizing, JPEG
 recompression and small colour changes. Two images whose hashes differ in few bits look alike.
 
+The hash sees only grey structure, so a red and a blue shirt photographed the same way would match; a second,
+tiny fingerprint (the 4×4 colour layout) must match too.
+
 Why it matters: the same photo in training and validation makes the validation score a lie (the model has seen
 the answer); the same photo under two classes is a labelling mistake; many copies inside one class only weigh
 that photo more.
@@ -23,6 +26,8 @@ from core.datasets import Item
 HASH_SIDE = 32      # the grey image the DCT is taken of
 LOW_FREQ = 8        # 8×8 low frequencies → 64 bits
 DEFAULT_MAX_DISTANCE = 8  # of 64 bits: resized/recompressed copies land at 0–4, different photos at 20+
+COLOUR_SIDE = 4
+COLOUR_TOLERANCE = 32.0   # mean difference (0–255) of the 4×4 colour layouts; copies differ by a few units
 KINDS = ("across classes", "across splits", "same class")
 KIND_HELP = {
     "across classes": "The same picture under two different classes: one of the labels is wrong.",
@@ -52,12 +57,23 @@ def phash_image(img: Image.Image) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-# (path, size, mtime_ns) → hash; a file hashed once is never decoded again while it is unchanged.
-_hash_cache: dict[tuple[str, int, int], int | None] = {}
+@dataclass(frozen=True)
+class Fingerprint:
+    phash: int            # grey structure, 64 bits
+    colour: np.ndarray    # 4×4×3 colour layout, float32, flattened
 
 
-def phash_file(path: str | Path) -> int | None:
-    """The file's perceptual hash, or None when it cannot be decoded. Cached by (path, size, mtime)."""
+def fingerprint_image(img: Image.Image) -> Fingerprint:
+    colour = np.asarray(img.convert("RGB").resize((COLOUR_SIDE, COLOUR_SIDE), Image.Resampling.BOX), np.float32)
+    return Fingerprint(phash_image(img), colour.ravel())
+
+
+# (path, size, mtime_ns) → fingerprint; a file is never decoded again while it is unchanged.
+_hash_cache: dict[tuple[str, int, int], Fingerprint | None] = {}
+
+
+def fingerprint_file(path: str | Path) -> Fingerprint | None:
+    """The file's fingerprint, or None when it cannot be decoded. Cached by (path, size, mtime)."""
     path = Path(path)
     try:
         st = path.stat()
@@ -67,10 +83,16 @@ def phash_file(path: str | Path) -> int | None:
     if key not in _hash_cache:
         try:
             # JPEGs decode at reduced scale: plenty for a 32×32 hash and ~10× faster.
-            _hash_cache[key] = phash_image(images.open_image(path, max_side=4 * HASH_SIDE))
+            _hash_cache[key] = fingerprint_image(images.open_image(path, max_side=4 * HASH_SIDE))
         except images.ImageError:
             _hash_cache[key] = None
     return _hash_cache[key]
+
+
+def phash_file(path: str | Path) -> int | None:
+    """The file's 64-bit perceptual hash, or None when it cannot be decoded."""
+    found = fingerprint_file(path)
+    return None if found is None else found.phash
 
 
 def hamming(a: int, b: int) -> int:
@@ -101,10 +123,11 @@ def find_near_duplicates(items: Sequence[Item], max_distance: int = DEFAULT_MAX_
                          max_pairs: int = 2000) -> list[DuplicatePair]:
     """Pairs of items whose pictures look alike, the most serious first (across classes, across splits, same
     class), closest first within a kind. Unreadable images are left out (the dataset scan reports them)."""
-    hashed = [(item, h) for item in items if (h := phash_file(item.path)) is not None]
+    hashed = [(item, f) for item in items if (f := fingerprint_file(item.path)) is not None]
     if len(hashed) < 2:
         return []
-    codes = np.array([h for _, h in hashed], dtype=np.uint64)
+    codes = np.array([f.phash for _, f in hashed], dtype=np.uint64)
+    colours = np.stack([f.colour for _, f in hashed])
     pairs: list[DuplicatePair] = []
     # Row blocks keep memory flat: 1,000 images are one block, 20,000 are 40 small ones.
     block = 512
@@ -113,7 +136,7 @@ def find_near_duplicates(items: Sequence[Item], max_distance: int = DEFAULT_MAX_
         dist = np.bitwise_count(rows[:, None] ^ codes[None, :])
         i_idx, j_idx = np.nonzero(dist <= max_distance)
         for i, j in zip(i_idx + start, j_idx):
-            if j > i:
+            if j > i and np.abs(colours[i] - colours[j]).mean() <= COLOUR_TOLERANCE:
                 a, b = hashed[i][0], hashed[j][0]
                 pairs.append(DuplicatePair(a, b, int(dist[i - start, j]), pair_kind(a, b)))
     pairs.sort(key=lambda p: (KINDS.index(p.kind), p.distance, str(p.a.path), str(p.b.path)))

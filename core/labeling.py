@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import images
+from core import fsutil, images
 from core.datasets import (RESERVED_FOLDERS, SPLIT_FOLDER_NAMES, DatasetError, Skipped, detect_layout,
                            scan_class_folder, validate_class_name)
-from core.importing import ImportReport, dataset_name, save_image_bytes, unique_path
+from core.importing import ImportReport, dataset_name, list_datasets, save_image_bytes, unique_path
 from core.workspace import DEMO_DATASET, datasets_dir
 
 try:  # advisory lock between processes (and between threads: each open() is its own lock owner)
@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover - Windows: the in-process lock below sti
 
 META_DIR = ".fewshot"
 JOURNAL_NAME = "journal.jsonl"
+ORIGIN_NAME = "origin.json"
 POOL_NAMES = ("unlabelled", "unlabeled")
 OPS = ("move", "delete", "restore", "undo")
 UNDOABLE = ("move", "delete", "restore")
@@ -261,11 +262,55 @@ def make_editable_copy(source: str | Path, name: str) -> Path:
     staging = target.with_name(f".copy-{target.name}-{secrets.token_hex(3)}")
     try:
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns(META_DIR), symlinks=True)
+        # Remember the source: runs trained on it can then fix and retrain on this copy (`working_copy`).
+        fsutil.atomic_write_json(meta_dir(staging) / ORIGIN_NAME, {"source": str(source), "copied_at": time.time()})
         staging.rename(target)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise LabelingError(f"could not copy {source.name}: {exc.strerror or exc}") from None
     return target
+
+
+def origin_of(dataset: str | Path) -> Path | None:
+    """The dataset this one was copied from by `make_editable_copy`, if any."""
+    data = fsutil.read_json(meta_dir(Path(dataset)) / ORIGIN_NAME, None)
+    return Path(data["source"]) if isinstance(data, dict) and data.get("source") else None
+
+
+def working_copy(dataset: str | Path, prefer: str | Path | None = None) -> Path | None:
+    """Where changes to `dataset` can be made: itself when editable, else an editable copy of it in the workspace
+    (`prefer` if it is one, else the newest), else None."""
+    root = Path(dataset).resolve()
+    if is_editable(root):
+        return root
+    copies = [p.resolve() for p in list_datasets() if origin_of(p) == root]
+    if prefer is not None and Path(prefer).resolve() in copies:
+        return Path(prefer).resolve()
+    return copies[0] if copies else None
+
+
+def counterpart(dataset: str | Path, path: str | Path, copy: str | Path) -> Path | None:
+    """Where an image of `dataset` is now in its working copy `copy` (following the copy's journal)."""
+    try:
+        rel = Path(path).resolve().relative_to(Path(dataset).resolve())
+    except ValueError:
+        return None
+    return locate(copy, Path(copy).resolve() / rel)
+
+
+def label_of(dataset: str | Path, path: str | Path) -> str | None:
+    """The class an image is filed under (its folder), None for the pool, the trash or outside the dataset."""
+    root = Path(dataset).resolve()
+    try:
+        parts = Path(path).resolve().relative_to(root).parts
+    except ValueError:
+        return None
+    if len(parts) < 2 or parts[0] == META_DIR or parts[0].lower() in POOL_NAMES:
+        return None
+    layout = _layout(root)
+    if layout and parts[0] in {folder.name for folder in layout.values()}:
+        return parts[1] if len(parts) > 2 else None
+    return parts[0]
 
 
 # ---------------------------------------------------------------------------------------------- the journal

@@ -51,14 +51,28 @@ def process_alive(pid: int | None, start_time: str | None = None) -> bool:
     if not pid:
         return False
     try:
+        # If the run is our child (the app started it), reap it: a dead child stays a zombie until its parent
+        # waits for it, and a zombie still answers kill(pid, 0).
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     if start_time is not None and Path("/proc").exists():
-        return _process_start_time(pid) == start_time
+        return _process_start_time(pid) == start_time and _process_state(pid) != "Z"
     return True
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -250,14 +264,15 @@ def delete_run(run: Run) -> None:
     shutil.rmtree(run.path)
 
 
-def retrain(source: Run, name: str = "") -> Run:
+def retrain(source: Run, name: str = "", data: str | None = None) -> Run:
     """Start a bottleneck run with `source`'s settings on the dataset as it is now (after label fixes).
 
+    `data` replaces the dataset (e.g. the editable copy of the read-only demo the fixes were made in).
     Cached features make it fast: only new or changed image content goes through the backbone.
     """
     from dataclasses import replace
 
-    config = replace(source.config(), mode="bottleneck", from_run=None)
+    config = replace(source.config(), mode="bottleneck", from_run=None, **({"data": str(data)} if data else {}))
     run = create_run(config, name=name or f"retrain of {source.id}")
     start_run_process(run)
     return run

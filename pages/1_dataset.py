@@ -13,7 +13,7 @@ from core.datasets import DatasetError, dataset_warnings, detect_layout
 from core.importing import add_uploads, create_class, create_dataset, import_zip, list_datasets
 from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed
 from ui.common import dataset_label, load_dataset
-from ui.dataset_views import IMAGE_TYPES, class_folders, flash, show_flash, synced, thumbnail_grid
+from ui.dataset_views import IMAGE_TYPES, class_folders, flash, md, show_flash, synced, thumbnail_grid
 from ui.state import dataset_path, init_state, set_dataset
 
 THUMBS_PER_CLASS = 8
@@ -38,13 +38,13 @@ def _create_dataset() -> None:
         existed = (datasets_dir() / name.strip()).is_dir() if name.strip() else False
         path = create_dataset(name)
     except (DatasetError, OSError) as exc:
-        flash("build", "error", f"Cannot create that dataset: {exc}")
+        flash("build", "error", f"Cannot create that dataset: {md(exc)}")
         return
     set_dataset(path)
     st.session_state["ds_new_name"] = ""
     flash("build", "info" if existed else "success",
-          f"A dataset named **{path.name}** already exists: switched to it." if existed
-          else f"Created the dataset **{path.name}**. Now add at least two classes and their photos.")
+          f"A dataset named **{md(path.name)}** already exists: switched to it." if existed
+          else f"Created the dataset **{md(path.name)}**. Now add at least two classes and their photos.")
 
 
 def _create_class() -> None:
@@ -53,11 +53,11 @@ def _create_class() -> None:
     try:
         folder = create_class(dataset_path(), name)
     except (DatasetError, PathError, OSError) as exc:
-        flash("build", "error", f"Cannot add that class: {exc}")
+        flash("build", "error", f"Cannot add that class: {md(exc)}")
         return
     st.session_state["ds_new_class"] = ""
     st.session_state["ds_upload_class"] = folder.name
-    flash("build", "success", f"Added the class **{folder.name}**. Now drop its photos below.")
+    flash("build", "success", f"Added the class **{md(folder.name)}**. Now drop its photos below.")
 
 
 def _save_photos(uploader_key: str) -> None:
@@ -70,11 +70,11 @@ def _save_photos(uploader_key: str) -> None:
     try:
         report = add_uploads(dataset_path(), class_name, [(f.name, f.getvalue()) for f in files])
     except (DatasetError, PathError, OSError) as exc:
-        flash("build", "error", f"The photos could not be saved: {exc}")
+        flash("build", "error", f"The photos could not be saved: {md(exc)}")
         return
     st.session_state["ds_upload_counter"] += 1
     if report.saved:
-        flash("build", "success", f"Saved {len(report.saved)} photo(s) into **{class_name}**.")
+        flash("build", "success", f"Saved {len(report.saved)} photo(s) into **{md(class_name)}**.")
     if report.skipped:
         flash("build", "warning", f"{len(report.skipped)} file(s) were not added:")
         flash("build", "table", [{"file": name, "reason": reason} for name, reason in report.skipped])
@@ -95,12 +95,12 @@ def _import_zip(uploader_key: str) -> None:
                 shutil.copyfileobj(upload, out)
             root, notes = import_zip(zip_path, name)
     except (DatasetError, PathError, OSError) as exc:
-        flash("zip", "error", f"The zip could not be imported: {exc}")
+        flash("zip", "error", f"The zip could not be imported: {md(exc)}")
         return
     set_dataset(root)
     st.session_state["ds_zip_counter"] += 1
     st.session_state["ds_zip_name"] = ""
-    flash("zip", "success", f"Imported **{root.name}** and switched to it.")
+    flash("zip", "success", f"Imported **{md(root.name)}** and switched to it.")
     if notes:
         flash("zip", "warning", f"{len(notes)} entr{'y was' if len(notes) == 1 else 'ies were'} left out of the zip:")
         flash("zip", "table", [{"left out": note} for note in notes])
@@ -134,10 +134,10 @@ try:
     allowed = True
 except PathError as exc:
     allowed = False
-    st.error(f"This folder cannot be used: {exc}")
+    st.error(f"This folder cannot be used: {md(exc)}")
 
-folders = class_folders(current) if allowed else {}
 is_yours = allowed and _is_workspace_dataset(current)
+folders = class_folders(current) if is_yours else {}  # only your own datasets are built here
 is_empty = is_yours and sum(folders.values()) == 0
 
 ds, problem = None, None
@@ -172,7 +172,7 @@ with st.expander("Bring your own photos: build a dataset here or upload a zip", 
                 st.info("This dataset is already split into train/validation folders: add photos to those folders "
                         "on disk, or import a new zip.")
             else:
-                st.markdown(f"**2. Add a class to {current.name}**: one per kind of thing to recognise.")
+                st.markdown(f"**2. Add a class to {md(current.name)}**: one per kind of thing to recognise.")
                 c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
                 c1.text_input("New class name", key="ds_new_class", placeholder="e.g. cats",
                               help="Letters, digits, spaces, '-', '_' or '.'; it becomes the folder name and the "
@@ -184,8 +184,9 @@ with st.expander("Bring your own photos: build a dataset here or upload a zip", 
                 else:
                     if st.session_state.get("ds_upload_class") not in folders:
                         st.session_state["ds_upload_class"] = next(iter(folders))
-                    st.selectbox("Class", list(folders), key="ds_upload_class",
-                                 format_func=lambda c: f"{c} ({folders.get(c, 0)} photos)")
+                    st.caption("So far: " + " · ".join(f"**{md(c)}** {n} photo{'' if n == 1 else 's'}"
+                                                       for c, n in folders.items()))
+                    st.selectbox("Class", list(folders), key="ds_upload_class")
                     uploader_key = f"ds_photos_{st.session_state['ds_upload_counter']}"
                     st.file_uploader("Photos for this class", type=IMAGE_TYPES, accept_multiple_files=True,
                                      key=uploader_key, on_change=_save_photos, args=(uploader_key,),
@@ -205,12 +206,12 @@ with st.expander("Bring your own photos: build a dataset here or upload a zip", 
 if not allowed:
     st.stop()
 if is_empty:
-    st.info(f"**{current.name}** has no photos yet. Use *Bring your own photos* above: add at least two classes "
+    st.info(f"**{md(current.name)}** has no photos yet. Use *Bring your own photos* above: add at least two classes "
             f"and a few photos to each (a dozen or more per class works best).")
     st.stop()
 
 if problem is not None:
-    st.error(f"This dataset cannot be used yet: {problem}")
+    st.error(f"This dataset cannot be used yet: {md(problem)}")
     st.info("Fix it with *Bring your own photos* above (for example add another class), or pick another dataset."
             if is_yours else "Pick another dataset above, or build your own.")
     st.stop()
@@ -228,7 +229,7 @@ left.dataframe(counts, width="stretch")
 right.plotly_chart(class_counts_figure(counts), key="ds_counts_chart")
 
 for warning in dataset_warnings(ds):
-    st.warning(warning)
+    st.warning(md(warning))
 if ds.skipped:
     with st.expander(f"Files skipped ({len(ds.skipped)})"):
         st.dataframe(pd.DataFrame([{"file": str(s.path.relative_to(ds.root)) if ds.root in s.path.parents

@@ -12,7 +12,7 @@ from core.backbones import BackboneError, get_backbone
 from core.images import ImageError, load_rgb
 from core.workspace import workspace_root
 from ui.common import current_dataset
-from ui.dataset_views import IMAGE_TYPES, array_grid, flash, show_flash, synced
+from ui.dataset_views import IMAGE_TYPES, array_grid, flash, md, show_flash, synced
 from ui.state import init_state
 
 init_state()
@@ -47,7 +47,7 @@ def _apply_widgets() -> None:
     try:
         st.session_state["augment"] = AugmentConfig.from_dict(values).to_dict()
     except AugmentError as exc:
-        flash("aug", "error", f"That setting cannot be used: {exc}")
+        flash("aug", "error", f"That setting cannot be used: {md(exc)}")
 
 
 def _reset() -> None:
@@ -63,13 +63,13 @@ def _load_json(uploader_key: str) -> None:
     try:
         config = AugmentConfig.from_json(upload.getvalue().decode("utf-8"))
     except UnicodeDecodeError:
-        flash("aug", "error", f"{upload.name} is not a text file of settings.")
+        flash("aug", "error", f"{md(upload.name)} is not a text file of settings.")
         return
     except AugmentError as exc:
-        flash("aug", "error", f"The settings in {upload.name} cannot be used: {exc}")
+        flash("aug", "error", f"The settings in {md(upload.name)} cannot be used: {md(exc)}")
         return
     st.session_state["augment"] = config.to_dict()
-    flash("aug", "success", f"Loaded the settings from {upload.name}.")
+    flash("aug", "success", f"Loaded the settings from {md(upload.name)}.")
 
 
 def _new_samples() -> None:
@@ -114,7 +114,7 @@ st.markdown(
 try:
     config = AugmentConfig.from_dict(st.session_state["augment"])
 except AugmentError as exc:
-    st.error(f"The stored augmentation settings cannot be used ({exc}); showing the recipe's defaults instead.")
+    st.error(f"The stored augmentation settings cannot be used ({md(exc)}); showing the recipe's defaults instead.")
     config = AugmentConfig()
     st.session_state["augment"] = config.to_dict()
 
@@ -191,13 +191,13 @@ with shown:
         st.info("Pick a photo above, or upload one, to see its variations.")
     config_json = config.to_json()
     for title, path in chosen:
-        st.markdown(f"**{title}**")
+        st.markdown(f"**{md(title)}**")
         try:
             mtime = path.stat().st_mtime_ns
             before = augmented_samples(str(path), mtime, ORIGINAL_JSON, 1, 0, size)[0]
             after = augmented_samples(str(path), mtime, config_json, int(n), int(seed), size)
         except (ImageError, OSError) as exc:
-            st.warning(f"This photo cannot be read: {exc}")
+            st.warning(f"This photo cannot be read: {md(exc)}")
             continue
         left, right = st.columns([1, 4])
         left.image(before, caption="Before (no augmentation)", width="stretch")

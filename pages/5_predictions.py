@@ -8,12 +8,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.export import ExportError, export_tflite
 from core.runs import Run, list_runs
-from ui.common import dataset_label, thumb
+from ui.common import dataset_label
 from ui.prediction_views import (ALL, SORTS, WRONG_CSS, cell_from_selection, clickable_confusion, confusion_from,
                                  export_check_sentence, filter_predictions, per_class_table, predict_uploads,
-                                 prepare_predictions)
+                                 prepare_predictions, square_thumb)
 from ui.state import init_state
 
 init_state()
@@ -136,11 +135,12 @@ options = [ALL] + list(classes)
 for key in ("pred_true", "pred_said"):
     if st.session_state[key] not in options:  # another run with other classes
         st.session_state[key] = ALL
-f1, f2, f3, f4, f5 = st.columns([2, 2, 2, 2, 1])
+f1, f2, f3, f4, f5 = st.columns([2, 2, 3, 2, 1])
 true = f1.selectbox("True class", options, key="pred_true", help="The class the photo is filed under.")
 said = f2.selectbox("Model said", options, key="pred_said", help="The class the model predicted.")
 outcome = f3.segmented_control("Show", ["all", "wrong", "right"], key="pred_outcome",
-                               format_func={"all": "All", "wrong": "❌ Wrong", "right": "✅ Right"}.get) or "all"
+                               format_func={"all": "All", "wrong": ":material/cancel: Wrong",
+                                            "right": ":material/check_circle: Right"}.get) or "all"
 sort = f4.selectbox("Order", list(SORTS), key="pred_sort")
 page_size = f5.selectbox("Per page", [12, 24, 48, 96], index=1, key="pred_page_size")
 
@@ -159,17 +159,20 @@ else:
         for col, (_, item) in zip(st.columns(per_row), chunk.iloc[start:start + per_row].iterrows()):
             key = f"pred{'right' if item['correct'] else 'wrong'}-{start}-{item.name}"
             with col.container(border=True, key=key):
-                data = thumb(item["path"], 200)
+                data = square_thumb(item["path"], 200)
                 if data is None:
-                    st.markdown("🗂️ *file moved*")
-                    st.caption("Renamed, moved or deleted since training.")
+                    st.markdown(":material/hide_image: *file moved*")
+                    st.caption("Renamed, moved, deleted or unreadable since training.")
                 else:
                     st.image(data, width="stretch")
-                mark = "✅" if item["correct"] else "❌"
+                mark = ":green[:material/check_circle:]" if item["correct"] else ":red[:material/cancel:]"
                 st.markdown(f"{mark} **{item['predicted']}** · {item['confidence']:.0%}")
                 if not item["correct"]:
                     st.markdown(f":red[true: **{item['label']}**]")
                 st.caption(Path(item["path"]).name, help=item["path"])
+st.caption("A photo filed under the wrong class, or one that does not belong? Fix it on the Label page, then "
+           "train again: only changed photos are processed anew.")
+st.page_link("pages/2_label.py", label="Fix labels", icon=":material/label:")
 
 # ------------------------------------------------------------------------------------------- new images
 st.subheader("Try it on new photos")
@@ -181,6 +184,8 @@ if uploads:
     cache_key = (str(model_path), model_path.stat().st_mtime_ns, tuple(u.file_id for u in uploads))
     result = st.session_state.get("pred_new")
     if not result or result.get("key") != cache_key:
+        from core.export import ExportError  # TensorFlow loads only when a model is needed
+
         try:
             with st.spinner(f"Predicting {len(uploads)} upload(s)…"):
                 result = predict_uploads(model_path, list(classes), uploads) | {"key": cache_key}
@@ -199,7 +204,7 @@ if uploads:
                     if result["thumbs"][index]:
                         st.image(result["thumbs"][index], width="stretch")
                     if item["predicted"] is None:
-                        st.markdown(f"⚠️ *unreadable*: {item['problem']}")
+                        st.markdown(f":orange[:material/warning:] *unreadable*: {item['problem']}")
                     else:
                         st.markdown(f"**{item['predicted']}** · {item['confidence']:.0%}")
                         probs = sorted(((c, item[f"p_{c}"]) for c in classes), key=lambda cp: -cp[1])[:3]
@@ -242,6 +247,8 @@ with d4:
                            help="Fixed input: one square RGB image, float 0–255.")
     elif st.button("Make a TFLite file", key="pred_make_tflite", icon=":material/smartphone:",
                    help="Converts the model for phones and small devices (takes up to a minute)."):
+        from core.export import ExportError, export_tflite
+
         try:
             with st.spinner("Converting to TFLite…"):
                 export_tflite(model_path, tflite)

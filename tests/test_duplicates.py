@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from conftest import make_image
 from core import duplicates
 from core.datasets import Item, scan_dataset
 
@@ -75,6 +76,17 @@ def test_pairs_are_classified_within_across_classes_and_splits(tmp_path):
     assert all(p.help for p in pairs)
     assert duplicates.find_near_duplicates(items, max_distance=-1) == []
     assert duplicates.find_near_duplicates(items[:1]) == []
+
+
+def test_same_layout_in_another_colour_is_not_a_duplicate(tmp_path):
+    """A red and a blue shirt photographed the same way share their grey structure, not their colours."""
+    red = make_image(tmp_path / "red.png", (210, 40, 40), (96, 80), seed=1)
+    blue = make_image(tmp_path / "blue.png", (40, 60, 210), (96, 80), seed=1)
+    red_again = recompressed_copy(red, tmp_path / "red_again.jpg", 0.7)
+    assert duplicates.hamming(duplicates.phash_file(red), duplicates.phash_file(blue)) <= 4  # the hash alone: alike
+    items = [Item(red, "red", "train"), Item(blue, "blue", "train"), Item(red_again, "red", "val")]
+    pairs = duplicates.find_near_duplicates(items)
+    assert [(p.a.path.name, p.b.path.name, p.kind) for p in pairs] == [("red.png", "red_again.jpg", "across splits")]
 
 
 def test_on_a_scanned_dataset_with_a_cached_hash(tmp_path):

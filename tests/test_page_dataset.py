@@ -5,7 +5,6 @@ import io
 import zipfile
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import DEMO, PROJECT_ROOT, make_dataset, make_image

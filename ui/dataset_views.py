@@ -1,6 +1,7 @@
 """Small Streamlit helpers for the Dataset and Augmentation pages: synced widgets, flash messages, image grids."""
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,17 @@ from core.datasets import RESERVED_FOLDERS
 from ui.common import thumb
 
 IMAGE_TYPES = sorted(ext.lstrip(".") for ext in images.IMAGE_EXTENSIONS)  # for st.file_uploader(type=…)
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
+
+
+def md(text: object) -> str:
+    """Text from files or errors, made safe to show in Streamlit markdown: `cats/*.jpg` must not turn italic,
+    and a `$` in a file name must not start a formula."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -33,12 +45,12 @@ def synced(widget_key: str, state_key: str) -> dict[str, Any]:
 
 def flash(section: str, level: str, body: Any) -> None:
     """Queue a message for the next run: level is success/info/warning/error, or 'table' for a list of dicts."""
-    st.session_state.setdefault("flash", {}).setdefault(section, []).append((level, body))
+    st.session_state.setdefault("views_flash", {}).setdefault(section, []).append((level, body))
 
 
 def show_flash(section: str) -> None:
     """Show (once) the messages queued for `section` by a callback."""
-    for level, body in st.session_state.get("flash", {}).pop(section, []):
+    for level, body in st.session_state.get("views_flash", {}).pop(section, []):
         if level == "table":
             st.dataframe(pd.DataFrame(body), hide_index=True, width="stretch")
         else:

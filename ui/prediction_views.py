@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from PIL import ImageOps
 
 from core import images
 from core.charts import confusion_figure
@@ -46,7 +47,8 @@ def clickable_confusion(matrix: list[list[int]], classes: list[str]) -> go.Figur
     """The confusion heatmap with one invisible square marker per cell on top.
 
     Plotly cannot select heatmap cells (plotly.js#170, streamlit#8760), but it can select scatter points: a click
-    on a cell selects its marker, whose `customdata` is [true index, predicted index]. The selected cell is tinted.
+    on a cell selects its marker, whose `customdata` is [true index, predicted index]; the selected cell gets a
+    red frame.
     """
     fig = confusion_figure(matrix, classes)
     fig.update_traces(hoverinfo="skip", hovertemplate=None, selector={"type": "heatmap"})
@@ -56,19 +58,21 @@ def clickable_confusion(matrix: list[list[int]], classes: list[str]) -> go.Figur
             xs.append(said)
             ys.append(true)
             data.append([i, j])
-            n = matrix[i][j]
+            count = matrix[i][j]
             verdict = "right" if i == j else "wrong"
-            text.append(f"true: {true}<br>model said: {said}<br>{n} image{'s' * (n != 1)} ({verdict})"
-                        + ("<br>click to see them" if n else ""))
-    side = max(12, min(34, 240 // max(1, len(classes))))
+            text.append(f"true: {true}<br>model said: {said}<br>{count} image{'s' * (count != 1)} ({verdict})"
+                        + ("<br>click to see them" if count else ""))
+    n = len(classes)
+    height = 170 + 48 * n
+    # The marker must stay inside its cell: overlapping markers would make a click near a border pick a neighbour.
+    side = int(max(8, min(36, 0.55 * (height - 170) / n)))
     fig.add_scatter(x=xs, y=ys, customdata=data, hovertext=text, hoverinfo="text", mode="markers",
                     showlegend=False, name="cells",
-                    marker={"symbol": "square", "size": side, "color": "rgba(0,0,0,0)"},
-                    selected={"marker": {"color": "rgba(214,39,40,0.35)"}},
-                    unselected={"marker": {"opacity": 1}})
+                    marker={"symbol": "square-open", "size": side, "color": "rgba(0,0,0,0)", "line": {"width": 3}},
+                    selected={"marker": {"color": "rgba(214,39,40,0.8)"}}, unselected={"marker": {"opacity": 1}})
     # hoverdistance -1: the nearest marker wins wherever the pointer is, so the whole cell is clickable.
-    fig.update_layout(clickmode="event+select", dragmode=False, hovermode="closest", hoverdistance=-1)
-    n = len(classes)
+    fig.update_layout(clickmode="event+select", dragmode=False, hovermode="closest", hoverdistance=-1,
+                      height=height)
     fig.update_xaxes(range=[-0.5, n - 0.5], fixedrange=True)
     fig.update_yaxes(range=[n - 0.5, -0.5], fixedrange=True)
     return fig
@@ -188,14 +192,29 @@ def save_uploads(files: Sequence, folder: Path) -> tuple[list[tuple[Path, str]],
     return out, notes
 
 
-def _jpeg_thumb(path: Path, side: int = 160) -> bytes | None:
+def _square_jpeg(path: str | Path, side: int) -> bytes | None:
+    """The photo fitted into a light square, so the grid's cards line up whatever the photos' shapes."""
     try:
         thumb = images.thumbnail(path, side)
     except images.ImageError:
         return None
     buffer = io.BytesIO()
-    thumb.save(buffer, format="JPEG", quality=85)
+    ImageOps.pad(thumb, (side, side), color=(240, 242, 246)).save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def _cached_square(path: str, side: int, mtime_ns: int) -> bytes | None:
+    return _square_jpeg(path, side)
+
+
+def square_thumb(path: str | Path, side: int = 200) -> bytes | None:
+    """A cached square thumbnail; None when the file is gone or unreadable."""
+    try:
+        mtime = Path(path).stat().st_mtime_ns
+    except OSError:
+        return None
+    return _cached_square(str(path), side, mtime)
 
 
 def predict_uploads(model_path: Path, classes: list[str], files: Sequence) -> dict:
@@ -221,7 +240,7 @@ def predict_uploads(model_path: Path, classes: list[str], files: Sequence) -> di
                            margin=float(p[order[0]] - (p[order[1]] if len(p) > 1 else 0.0)), problem="")
             row.update({f"p_{c}": (None if np.isnan(p).any() else float(p[k])) for k, c in enumerate(classes)})
             rows.append(row)
-            thumbs.append(_jpeg_thumb(path))
+            thumbs.append(_square_jpeg(path, 200))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     columns = ["file", "predicted", "confidence", "margin", "problem"] + [f"p_{c}" for c in classes]

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up (first time only) and run the whole test suite, the real-browser test included.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k datasets).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh requirements-dev.txt
+if ! command -v chromium >/dev/null 2>&1; then
+  # The browser test drives Debian's Chromium (Playwright's own browser download needs internet access).
+  echo "Installing Chromium for the browser test…"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+exec .venv/bin/python -m pytest "$@"

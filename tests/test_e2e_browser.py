@@ -1,0 +1,132 @@
+"""End to end in a real browser: `streamlit run app.py` + Debian's headless Chromium driven by Playwright.
+
+Visits every page, trains a bottleneck model on the demo dataset from the Training page, waits for it, and checks
+the Predictions grid shows images and labels. A screenshot of each page is saved under test-output/e2e/.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT_ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+OUTPUT = PROJECT_ROOT / "test-output" / "e2e"
+PAGES = ["dataset", "label", "augmentation", "training", "predictions", "runs"]
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: scripts/test.sh installs it (apt-get install chromium chromium-driver).")
+    ws = tmp_path_factory.mktemp("e2e_ws")
+    port = free_port()
+    env = dict(os.environ, FEWSHOT_WORKSPACE=str(ws), TF_CPP_MIN_LOG_LEVEL="3")
+    log = open(ws / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--browser.gatherUsageStats", "false"],
+                            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start:\n" + (ws / "server.log").read_text()[-3000:])
+    yield url, ws
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        yield context.new_page()
+        browser.close()
+
+
+def wait_idle(page, timeout: float = 120_000) -> None:
+    """Wait until Streamlit has finished running the script (its status widget disappears)."""
+    page.wait_for_selector("[data-testid='stApp']", timeout=timeout)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+    page.wait_for_timeout(500)
+
+
+def assert_no_exception(page) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0, page.inner_text("body")[:3000]
+
+
+def test_every_page_renders(server, page):
+    url, _ = server
+    for name in PAGES:
+        page.goto(f"{url}/{name}")
+        wait_idle(page)
+        assert_no_exception(page)
+        page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
+    page.goto(f"{url}/dataset")
+    wait_idle(page)
+    body = page.inner_text("body")
+    for cls in ("fish", "monuments", "renewable_energy", "tools"):
+        assert cls in body
+
+
+def test_train_from_the_browser_and_see_predictions(server, page):
+    url, ws = server
+    page.goto(f"{url}/training")
+    wait_idle(page)
+    page.get_by_role("button", name="Start training").click()
+    # The run is its own process; the page polls it every second until it finishes.
+    page.wait_for_selector("text=Finished", timeout=300_000)
+    wait_idle(page)
+    assert_no_exception(page)
+    assert "Validation accuracy" in page.inner_text("body")
+    page.screenshot(path=str(OUTPUT / "training-done.png"), full_page=True)
+
+    page.goto(f"{url}/predictions")
+    wait_idle(page)
+    assert_no_exception(page)
+    grid_images = page.locator("[data-testid='stImage'] img, [data-testid='stFullScreenFrame'] img")
+    assert grid_images.count() >= 10
+    body = page.inner_text("body")
+    assert any(cls in body for cls in ("fish", "monuments", "renewable_energy", "tools"))
+    assert "%" in body  # confidences
+    page.screenshot(path=str(OUTPUT / "predictions-grid.png"), full_page=True)
+
+    page.goto(f"{url}/runs")
+    wait_idle(page)
+    assert_no_exception(page)
+    page.screenshot(path=str(OUTPUT / "runs-after.png"), full_page=True)
+    runs = list((ws / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "model.keras").exists()

@@ -1,0 +1,275 @@
+"""Streamlit pieces for labelling: selectable image grids, the fix widgets the Predictions page reuses, retrain.
+
+Every change runs in a widget callback, before the script reruns, so the page that follows already shows the
+new counts and grids. Errors become messages (flash or toast), never tracebacks.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import streamlit as st
+
+from core import labeling
+from core.datasets import DatasetError
+from core.labeling import LabelingError
+from core.runs import Run, RunError, retrain
+from core.workspace import PathError
+from ui.common import dataset_label, thumb
+from ui.dataset_views import flash
+from ui.state import set_dataset
+
+NEW_CLASS = "➕ New class…"
+MAX_SHORTCUT_CLASSES = 9  # number keys 1–9
+_ERRORS = (LabelingError, DatasetError, PathError, RunError, OSError)
+
+
+def path_key(prefix: str, path: str | Path) -> str:
+    """A stable widget key for an image: the same file keeps its checkbox state across reruns."""
+    return f"{prefix}_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
+
+
+def selected(prefix: str, paths: Sequence[Path]) -> list[Path]:
+    return [p for p in paths if st.session_state.get(path_key(prefix, p))]
+
+
+def clear_selection(prefix: str, paths: Sequence[Path]) -> None:
+    for p in paths:
+        if path_key(prefix, p) in st.session_state:
+            st.session_state[path_key(prefix, p)] = False
+
+
+def select_all(prefix: str, paths: Sequence[Path]) -> None:
+    for p in paths:
+        st.session_state[path_key(prefix, p)] = True
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# ---------------------------------------------------------------------------------------------- actions
+
+
+def run_action(section: str, action: Callable[[], list], done: Callable[[list], str],
+               clear: tuple[str, Sequence[Path]] | None = None) -> None:
+    """Run a labelling change in a callback and queue what happened (or why not) for the page to show."""
+    try:
+        ops = action()
+    except _ERRORS as exc:
+        flash(section, "error", f"Nothing was changed: {exc}")
+        return
+    if clear:
+        clear_selection(*clear)
+    if ops:
+        flash(section, "success", done(ops))
+
+
+def assign(root: Path, paths: Sequence[Path], class_name: str, section: str = "label",
+           clear: tuple[str, Sequence[Path]] | None = None) -> None:
+    if not paths:
+        flash(section, "warning", "Select some photos first (tick their boxes).")
+        return
+    run_action(section, lambda: labeling.move_to_class(root, paths, class_name),
+               lambda ops: f"Moved {plural(len(ops), 'photo')} to **{class_name.strip()}**.", clear)
+
+
+def delete(root: Path, paths: Sequence[Path], section: str = "label",
+           clear: tuple[str, Sequence[Path]] | None = None) -> None:
+    if not paths:
+        flash(section, "warning", "Select some photos first (tick their boxes).")
+        return
+    run_action(section, lambda: labeling.delete_images(root, paths),
+               lambda ops: f"Moved {plural(len(ops), 'photo')} to the trash (restore or undo any time).", clear)
+
+
+def unlabel(root: Path, paths: Sequence[Path], section: str = "label",
+            clear: tuple[str, Sequence[Path]] | None = None) -> None:
+    if not paths:
+        flash(section, "warning", "Select some photos first (tick their boxes).")
+        return
+    run_action(section, lambda: labeling.move_to_pool(root, paths),
+               lambda ops: f"Put {plural(len(ops), 'photo')} back among the unlabelled ones.", clear)
+
+
+def undo(root: Path, section: str = "label") -> None:
+    run_action(section, lambda: labeling.undo(root),
+               lambda ops: f"Undone: {plural(len(ops), 'photo')} put back where {'it' if len(ops) == 1 else 'they'}"
+                           f" were.")
+
+
+def restore(root: Path, op_ids: Sequence[str] | None, section: str = "label") -> None:
+    run_action(section, lambda: labeling.restore_from_trash(root, op_ids),
+               lambda ops: f"Restored {plural(len(ops), 'photo')} from the trash.")
+
+
+def make_copy(source: Path, name: str, section: str = "label") -> None:
+    try:
+        copy = labeling.make_editable_copy(source, name or source.name)
+    except _ERRORS as exc:
+        flash(section, "error", f"The copy could not be made: {exc}")
+        return
+    set_dataset(copy)
+    flash(section, "success", f"Made the editable copy **{copy.name}** of {dataset_label(source)} and switched to "
+                              f"it. Changes happen in the copy; the original stays as it was.")
+
+
+# ---------------------------------------------------------------------------------------------- grids
+
+
+def image_tile(path: Path, caption: str, key: str, side: int = 200) -> None:
+    """A photo with a checkbox under it (the checkbox's key is the selection)."""
+    data = thumb(path, side)
+    if data is None:
+        st.caption("(cannot be shown)")
+    else:
+        st.image(data, width="stretch")
+    st.checkbox(caption, key=key)
+
+
+def selectable_grid(paths: Sequence[Path], captions: Sequence[str], prefix: str, page_key: str,
+                    ncols: int = 6, page_size: int = 24) -> list[Path]:
+    """A paged grid of photos with checkboxes; returns the paths shown on this page."""
+    if not paths:
+        return []
+    n_pages = max(1, -(-len(paths) // page_size))
+    page = st.pagination(n_pages, key=page_key) if n_pages > 1 else 1
+    page = min(page or 1, n_pages)
+    start = (page - 1) * page_size
+    shown = list(paths[start:start + page_size])
+    shown_captions = list(captions[start:start + page_size])
+    for row in range(0, len(shown), ncols):
+        for col, path, caption in zip(st.columns(ncols), shown[row:row + ncols], shown_captions[row:row + ncols]):
+            with col.container(border=True):
+                image_tile(path, caption, path_key(prefix, path))
+    if n_pages > 1:
+        st.caption(f"Page {page} of {n_pages} ({len(paths)} photos). Selection applies to this page.")
+    return shown
+
+
+def class_picker(classes: Sequence[str], key: str, label: str = "Class") -> None:
+    """A class selector with a 'new class' option that reveals a name field. Read the choice with `picked_class`
+    inside the callback (at click time), so a name typed just before the click counts."""
+    options = list(classes) + [NEW_CLASS]
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = options[0]
+    choice = st.selectbox(label, options, key=key, help="Where the photos go. Pick an existing class, or "
+                                                        "'New class…' to type a name.")
+    if choice == NEW_CLASS:
+        st.text_input("New class name", key=f"{key}_new", placeholder="e.g. dogs",
+                      help="Letters, digits, spaces, '-', '_' or '.'; the class folder gets this name.")
+
+
+def picked_class(key: str) -> str:
+    choice = st.session_state.get(key, "")
+    return (st.session_state.get(f"{key}_new") or "").strip() if choice == NEW_CLASS else choice
+
+
+def assign_to_picked(root: Path, paths: Sequence[Path], key: str, section: str = "label",
+                     clear: tuple[str, Sequence[Path]] | None = None) -> None:
+    class_name = picked_class(key)
+    if not class_name:
+        flash(section, "warning", "Type a name for the new class first.")
+        return
+    assign(root, paths, class_name, section, clear)
+
+
+# ---------------------------------------------------------------------------------------------- fixes elsewhere
+
+
+def _fix_move(copy: Path, path: Path, widget_key: str) -> None:
+    class_name = st.session_state.get(widget_key)
+    try:
+        labeling.move_to_class(copy, [path], class_name)
+    except _ERRORS as exc:
+        st.toast(f"Not moved: {exc}", icon=":material/error:")
+        return
+    st.toast(f"{path.name} → **{class_name}**. Retrain to see the effect.", icon=":material/check:")
+
+
+def _fix_delete(copy: Path, path: Path) -> None:
+    try:
+        labeling.delete_images(copy, [path])
+    except _ERRORS as exc:
+        st.toast(f"Not deleted: {exc}", icon=":material/error:")
+        return
+    st.toast(f"{path.name} is in the trash (restore it on the Label page).", icon=":material/delete:")
+
+
+def _fix_copy(dataset_root: Path) -> None:
+    try:
+        copy = labeling.make_editable_copy(dataset_root, dataset_root.name)
+    except _ERRORS as exc:
+        st.toast(f"The copy could not be made: {exc}", icon=":material/error:")
+        return
+    set_dataset(copy)
+    st.toast(f"Made the editable copy **{copy.name}**: fixes go there; retrain to train on it.",
+             icon=":material/content_copy:")
+
+
+def fix_controls(dataset_root: Path, image_path: Path, classes: list[str], key: str) -> None:
+    """Small widgets to fix one image where it is shown (a wrong prediction, a confusion cell's photo):
+    move it to the right class, or delete it (to the dataset's trash; undo and restore on the Label page).
+
+    `dataset_root` and `image_path` are as the run recorded them. A read-only dataset (the built-in demo) is
+    fixed in its editable copy in the workspace: the image is found there by its place in the dataset and the
+    copy's journal; without a copy a button offers to make one.
+    """
+    dataset_root, image_path = Path(dataset_root), Path(image_path)
+    copy = labeling.working_copy(dataset_root, prefer=st.session_state.get("dataset"))
+    if copy is None:
+        st.button("Make an editable copy to fix", key=f"{key}_copy", on_click=_fix_copy, args=(dataset_root,),
+                  icon=":material/content_copy:", type="tertiary",
+                  help=f"{dataset_label(dataset_root)} is read-only. This copies it into your workspace; fixes "
+                       f"and retraining then use the copy.")
+        return
+    current = labeling.counterpart(dataset_root, image_path, copy)
+    if current is None:
+        st.caption("Not in the dataset any more.")
+        return
+    if labeling.in_trash(copy, current):
+        st.caption("🗑️ Deleted: undo or restore it on the Label page.")
+        return
+    label = labeling.label_of(copy, current)
+    options = list(dict.fromkeys(list(classes) + ([label] if label else [])))
+    widget_key = f"{key}_class"
+    if st.session_state.get(widget_key) not in options:
+        st.session_state[widget_key] = label if label in options else options[0]
+    st.selectbox("Right class", options, key=widget_key, label_visibility="collapsed",
+                 help="The class this photo really belongs to.")
+    with st.container(horizontal=True, gap="small"):
+        st.button("Move", key=f"{key}_move", on_click=_fix_move, args=(copy, current, widget_key),
+                  icon=":material/drive_file_move:", disabled=st.session_state[widget_key] == label,
+                  help="Move the photo to the class chosen above (undo on the Label page).")
+        st.button("Delete", key=f"{key}_delete", on_click=_fix_delete, args=(copy, current),
+                  icon=":material/delete:", help="Move the photo to the dataset's trash (restorable).")
+    if label and image_path.parent.name != label:
+        st.caption(f"Now filed under **{label}**.")
+
+
+def _retrain(run: Run, data: Path, state_key: str) -> None:
+    try:
+        new = retrain(run, data=str(data))
+    except _ERRORS as exc:
+        st.toast(f"The retraining could not start: {exc}", icon=":material/error:")
+        return
+    st.session_state[state_key] = new.id
+    st.session_state["watch_run"] = new.id  # the Training page follows it
+    st.toast("Retraining started: only changed photos go through the network again.", icon=":material/replay:")
+
+
+def retrain_button(run: Run, key: str, dataset_root: Path | None = None) -> None:
+    """'Retrain with my fixes': a bottleneck run with `run`'s settings on the fixed dataset (the run's own, or its
+    editable copy when the run was trained on the read-only demo). Cached features make it take seconds."""
+    data = Path(run.config().data)
+    target = dataset_root or labeling.working_copy(data, prefer=st.session_state.get("dataset")) or data
+    state_key = f"{key}_started"
+    st.button("Retrain with my fixes", key=key, on_click=_retrain, args=(run, target, state_key),
+              icon=":material/replay:", type="primary",
+              help=f"Trains again on {dataset_label(target)} as it is now, with the same settings. Photos the "
+                   f"network has already seen cost nothing: it takes seconds.")
+    started = st.session_state.get(state_key)
+    if started:
+        st.caption(f"Started `{started}`: follow it on the Training page, compare on the Runs page.")
+        st.page_link("pages/4_training.py", label="Watch the retraining", icon=":material/monitoring:")
