@@ -195,7 +195,12 @@ def _stratified_split(files: dict[str, list[Path]], val_split: float, test_split
         for i, path in enumerate(ordered):
             split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
             items.append(Item(path, label, split))
-    return sorted(items, key=lambda it: (it.label, str(it.path)))
+    return sorted(items, key=lambda it: (it.label, natural_key(it.path)))
+
+
+def natural_key(path: Path) -> list:
+    """fish2 before fish10: how people number their photos."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(path))]
 
 
 def scan_dataset(data: str | Path, val_split: float = 0.2, test_split: float = 0.0, seed: int = 0,
@@ -243,14 +248,14 @@ def _scan_split(root: Path, layout: dict[str, Path], check: bool) -> Dataset:
     items = [Item(p, label, split) for split, files in per_split.items() for label, paths in files.items()
              for p in paths]
     classes = sorted(per_split["train"])
-    return Dataset(root, "split", classes, sorted(items, key=lambda it: (it.label, str(it.path))), skipped)
+    return Dataset(root, "split", classes, sorted(items, key=lambda it: (it.label, natural_key(it.path))), skipped)
 
 
 def _validate_classes(root: Path, per_split: dict[str, dict[str, list[Path]]]) -> None:
     train = per_split["train"]
     if len(train) < 2:
         found = f"only {sorted(train)}" if train else "no class folders"
-        raise DatasetError(f"{root}: found {found}. A classifier needs at least 2 class folders of images, "
+        raise DatasetError(f"'{root.name}': found {found}. A classifier needs at least 2 class folders of images, "
                            f"like {root.name}/cats/*.jpg and {root.name}/dogs/*.jpg.")
     for split, files in per_split.items():
         empty = sorted(label for label, paths in files.items() if not paths)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from core import fsutil, images
 from core.datasets import DatasetError, find_dataset_root, safe_extract_zip, safe_name, validate_class_name
-from core.workspace import datasets_dir, ensure_allowed
+from core.workspace import datasets_dir, ensure_writable
 
 MAX_UPLOAD_BYTES = 50 * 1024**2  # per image
 
@@ -45,7 +45,7 @@ def create_dataset(name: str) -> Path:
 
 
 def create_class(dataset: Path, name: str) -> Path:
-    dataset = ensure_allowed(dataset)
+    dataset = ensure_writable(dataset)
     folder = dataset / validate_class_name(name)
     folder.mkdir(parents=True, exist_ok=True)
     return folder

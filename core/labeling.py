@@ -7,7 +7,8 @@ The label of an image is the folder it sits in, so labelling is moving files:
 
 The journal `<dataset>/.fewshot/journal.jsonl` is append-only and fsynced, one JSON line per step:
 
-    {"id": …, "time": …, "op": "move", "src": "unlabelled/a.jpg", "dst": "cats/a.jpg", "batch": …, "state": "pending"}
+    {"id": …, "time": …, "op": "move", "src": "unlabelled/a.jpg", "dst": "cats/a.jpg", "batch": …,
+     "state": "pending"}
     {"id": …, "state": "committed"}
 
 The "pending" line is durable before the rename and "committed" is written after it. A crash in between leaves
@@ -440,10 +441,24 @@ def _move(root: Path, op: str, src: Path, dst: Path, batch: str, ref: str | None
 
 
 def _tidy_source(root: Path, src: Path) -> None:
-    """A class folder left empty by a move is removed: an empty class would stop training ("no usable image")."""
-    folder = src.parent
-    if folder != root and folder != pool_folder(root) and meta_dir(root) not in folder.parents:
-        _remove_empty_dirs(folder, stop=root)
+    """A class folder left empty by a move is removed: an empty class would stop training ("no usable image").
+
+    Only the class folder (and empty subfolders of it) goes; never the dataset, a split folder or the pool.
+    """
+    parts = src.relative_to(root).parts
+    if parts[0] == META_DIR:
+        return
+    pool = pool_folder(root)
+    if pool in src.parents:
+        stop = pool
+    else:
+        try:
+            layout = _layout(root)
+        except LabelingError:
+            return
+        split_folders = {folder.name for folder in layout.values()} if layout else set()
+        stop = root / parts[0] if parts[0] in split_folders else root
+    _remove_empty_dirs(src.parent, stop=stop)
 
 
 def _apply(root: Path, moves: Sequence[tuple[str, Path, Path, str, str | None]], batch: str | None) -> list[Op]:

@@ -57,3 +57,11 @@ def ensure_allowed(path: str | Path) -> Path:
         if resolved == root or root in resolved.parents:
             return resolved
     raise PathError(f"{path} is outside the folders this app may read ({', '.join(map(str, allowed_roots()))}).")
+
+
+def ensure_writable(path: str | Path) -> Path:
+    """Like `ensure_allowed`, for changes: only datasets in the workspace; the built-in demo stays read-only."""
+    resolved = ensure_allowed(path)
+    if resolved == DEMO_DATASET.resolve() or DEMO_DATASET.resolve() in resolved.parents:
+        raise PathError("The built-in demo dataset is read-only: make an editable copy of it first.")
+    return resolved

@@ -10,11 +10,14 @@ import streamlit as st
 
 from core.charts import class_counts_figure
 from core.datasets import DatasetError, dataset_warnings, detect_layout
-from core.importing import add_uploads, create_class, create_dataset, import_zip, list_datasets
+from core.importing import add_uploads, create_class, create_dataset, dataset_name, import_zip, list_datasets
 from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed
 from ui.common import dataset_label, load_dataset
 from ui.dataset_views import IMAGE_TYPES, class_folders, flash, md, show_flash, synced, thumbnail_grid
 from ui.state import dataset_path, init_state, set_dataset
+from ui.frame import require_frame
+
+require_frame(__file__)
 
 THUMBS_PER_CLASS = 8
 
@@ -35,7 +38,7 @@ def _create_dataset() -> None:
     st.session_state["ds_bring"] = True
     name = st.session_state.get("ds_new_name", "")
     try:
-        existed = (datasets_dir() / name.strip()).is_dir() if name.strip() else False
+        existed = (datasets_dir() / dataset_name(name)).is_dir()
         path = create_dataset(name)
     except (DatasetError, OSError) as exc:
         flash("build", "error", f"Cannot create that dataset: {md(exc)}")
@@ -131,7 +134,9 @@ current = dataset_path()
 
 try:
     ensure_allowed(current)
-    allowed = True
+    allowed = current.is_dir()
+    if not allowed:
+        st.error(f"The folder {md(current)} no longer exists. Pick another dataset above.")
 except PathError as exc:
     allowed = False
     st.error(f"This folder cannot be used: {md(exc)}")
@@ -161,8 +166,8 @@ with st.expander("Bring your own photos: build a dataset here or upload a zip", 
         c1.text_input("New dataset name", key="ds_new_name", placeholder="e.g. cats-and-dogs")
         c2.button("Create dataset", key="ds_create", on_click=_create_dataset, icon=":material/create_new_folder:")
         if not is_yours:
-            st.info("The built-in demo cannot be changed. Create a dataset above, or pick one of yours, to add "
-                    "classes and photos.")
+            st.info("Create a dataset above, or pick one of yours, to add classes and photos (the built-in demo "
+                    "stays as it is).")
         else:
             try:
                 split_layout = detect_layout(current) is not None

@@ -14,6 +14,9 @@ from core.workspace import workspace_root
 from ui.common import current_dataset
 from ui.dataset_views import IMAGE_TYPES, array_grid, flash, md, show_flash, synced
 from ui.state import init_state
+from ui.frame import require_frame
+
+require_frame(__file__)
 
 init_state()
 st.session_state.setdefault("aug_preview_n", 8)
@@ -165,11 +168,18 @@ with shown:
             first = next((rel for rel, it in by_rel.items() if it.label == label), None)
             if first:
                 default.append(first)
-        if "aug_pick" not in st.session_state:
-            st.session_state["aug_pick"] = default
-        else:  # the dataset may have changed since: keep only photos that still exist
-            st.session_state["aug_pick"] = [rel for rel in st.session_state["aug_pick"] if rel in by_rel]
+        # The choice is kept per dataset (in a plain key, so it survives visits to other pages).
+        picked = st.session_state.setdefault("aug_images", {})
+        if str(ds.root) not in picked:
+            picked[str(ds.root)] = default
+        picked[str(ds.root)] = [rel for rel in picked[str(ds.root)] if rel in by_rel]  # files may have gone
+        st.session_state["aug_pick"] = picked[str(ds.root)]
+
+        def _keep_pick(root: str = str(ds.root)) -> None:
+            st.session_state["aug_images"][root] = st.session_state["aug_pick"]
+
         picks = st.multiselect("Photos from the dataset", list(by_rel), key="aug_pick", max_selections=4,
+                               on_change=_keep_pick,
                                format_func=lambda rel: f"{by_rel[rel].label} · {by_rel[rel].path.name}",
                                help="Type a class or file name to search. Up to 4 photos.")
         chosen += [(f"{by_rel[rel].label} · {by_rel[rel].path.name}", by_rel[rel].path) for rel in picks]

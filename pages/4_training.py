@@ -10,7 +10,10 @@ from core.charts import history_figure
 from core.config import MODE_HELP, MODES, ConfigError, TrainConfig
 from core.runs import ACTIVE_STATES, Run, RunError, active_runs, create_run, get_run, list_runs, start_run_process
 from ui.common import current_dataset, dataset_label
+from ui.frame import require_frame
 from ui.state import augment_config, dataset_path, init_state
+
+require_frame(__file__)
 
 init_state()
 st.title("Training")

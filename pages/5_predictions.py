@@ -6,6 +6,7 @@ import math
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from core.runs import Run, list_runs
@@ -56,21 +57,25 @@ st.caption(f"Dataset **{dataset_label(train.get('data', '?'))}** · mode **{trai
            f"trained {datetime.fromtimestamp(config.get('created_at', 0)):%Y-%m-%d %H:%M}")
 
 # ------------------------------------------------------------------------------------------- summary
-cols = st.columns(4)
 val_acc, test_acc = metrics.get("val_accuracy"), metrics.get("test_accuracy")
-cols[0].metric("Validation accuracy", f"{val_acc:.1%}" if val_acc is not None else "—",
-               help="Share of the validation photos (kept aside, never trained on) that the model got right.")
-if test_acc is not None:
-    cols[1].metric("Test accuracy", f"{test_acc:.1%}",
-                   help="The same on the test photos, which were not even used to choose when to stop training: "
-                        "the most honest estimate.")
-cols[2].metric("Validation photos", metrics.get("n_val", "—"))
 seconds = metrics.get("total_seconds") or metrics.get("train_seconds")
-cols[3].metric("Training time", f"{seconds:.0f} s" if seconds else "—")
+summary = [("Validation accuracy", f"{val_acc:.1%}" if val_acc is not None else "—",
+            "Share of the validation photos (kept aside, never trained on) that the model got right.")]
+if test_acc is not None:
+    summary.append(("Test accuracy", f"{test_acc:.1%}", "The same on the test photos, which were not even used to "
+                                                         "decide when to stop training: the most honest estimate."))
+summary += [("Validation photos", metrics.get("n_val", "—"), None),
+            ("Training time", f"{seconds:.0f} s" if seconds else "—", "From start to saved model.")]
+for col, (title, value, explanation) in zip(st.columns(len(summary)), summary):
+    col.metric(title, value, help=explanation)
 kind, sentence = export_check_sentence(metrics.get("export_check"))
 getattr(st, kind)(sentence)
 
-frame = run.predictions()
+try:
+    frame = run.predictions()
+except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+    st.error(f"predictions.csv of this run cannot be read: {exc}")
+    frame = None
 if frame is None or frame.empty or not classes:
     st.warning("This run saved no predictions (predictions.csv is missing), so there is nothing to show below.")
     st.stop()
@@ -166,10 +171,10 @@ else:
                 else:
                     st.image(data, width="stretch")
                 mark = ":green[:material/check_circle:]" if item["correct"] else ":red[:material/cancel:]"
-                st.markdown(f"{mark} **{item['predicted']}** · {item['confidence']:.0%}")
+                st.markdown(f"{mark} **{item['predicted']}**  \n{item['confidence']:.0%} sure")
                 if not item["correct"]:
                     st.markdown(f":red[true: **{item['label']}**]")
-                st.caption(Path(item["path"]).name, help=item["path"])
+                st.caption(Path(item["path"]).name)
 st.caption("A photo filed under the wrong class, or one that does not belong? Fix it on the Label page, then "
            "train again: only changed photos are processed anew.")
 st.page_link("pages/2_label.py", label="Fix labels", icon=":material/label:")
@@ -203,7 +208,7 @@ if uploads:
                 with col.container(border=True):
                     if result["thumbs"][index]:
                         st.image(result["thumbs"][index], width="stretch")
-                    if item["predicted"] is None:
+                    if pd.isna(item["predicted"]):
                         st.markdown(f":orange[:material/warning:] *unreadable*: {item['problem']}")
                     else:
                         st.markdown(f"**{item['predicted']}** · {item['confidence']:.0%}")

@@ -101,6 +101,24 @@ def test_unlabel_and_locate(ds):
     assert labeling.locate(ds, ds / "red" / "no_such.png") is None
 
 
+def test_split_layout_keeps_each_photo_in_its_split(workspace):
+    root = workspace / "datasets" / "split"
+    make_dataset(root / "train", {"cats": (200, 100, 50), "dogs": (50, 100, 200)}, per_class=3)
+    make_dataset(root / "validation", {"cats": (200, 100, 50), "dogs": (50, 100, 200)}, per_class=1)
+    make_image(root / "unlabelled" / "new.png")
+    labeling.move_to_class(root, [root / "validation" / "cats" / "img_0.png", root / "unlabelled" / "new.png"],
+                           "dogs")
+    assert (root / "validation" / "dogs" / "img_0-2.png").exists() and (root / "train" / "dogs" / "new.png").exists()
+    # validation/cats is now empty and goes; validation/ itself stays (it still holds dogs).
+    assert not (root / "validation" / "cats").exists() and (root / "validation").is_dir()
+    view = labeling.label_view(root)
+    assert view.layout == "split" and view.counts() == {"cats": 3, "dogs": 6}
+    assert labeling.label_of(root, root / "validation" / "dogs" / "img_0-2.png") == "dogs"
+    assert labeling.label_of(root, root / "unlabelled" / "x.png") is None
+    labeling.undo(root)
+    assert (root / "validation" / "cats" / "img_0.png").exists() and (root / "unlabelled" / "new.png").exists()
+
+
 def test_refuses_unsafe_changes(ds, tmp_path):
     outside = make_image(tmp_path / "elsewhere.png")
     with pytest.raises(LabelingError, match="outside"):
@@ -195,7 +213,8 @@ def test_uploads_and_editable_copy(workspace):
     assert not labeling.is_editable(DEMO)
     assert labeling.label_view(copy).counts() == labeling.label_view(DEMO).counts()
     photo = make_image(workspace / "photo.jpg", fmt="JPEG")
-    report = labeling.add_unlabelled_uploads(copy, [("photo.jpg", photo.read_bytes()), ("photo.jpg", photo.read_bytes()),
+    data = photo.read_bytes()
+    report = labeling.add_unlabelled_uploads(copy, [("photo.jpg", data), ("photo.jpg", data),
                                                     ("notes.png", b"not an image")])
     assert [p.name for p in report.saved] == ["photo.jpg", "photo-2.jpg"]
     assert [name for name, _ in report.skipped] == ["notes.png"]

@@ -63,8 +63,11 @@ def test_changing_settings_updates_the_session_and_the_preview(workspace):
     assert all(set(a).isdisjoint(b) for (_, a), (_, b) in zip(after, before))  # …the samples are new
 
     # Widgets are rebuilt from the session key, so the choice survives leaving the page and coming back.
+    at.multiselect(key="aug_pick").unselect(at.multiselect(key="aug_pick").value[0]).run()
+    picked = at.multiselect(key="aug_pick").value
     at.switch_page("pages/1_dataset.py").run()
     at.switch_page(PAGE).run()
+    assert at.multiselect(key="aug_pick").value == picked and len(picked) == 1
     assert at.slider(key="aug_rotation_range").value == 0.0
     assert at.checkbox(key="aug_horizontal_flip").value is False
 
@@ -131,5 +134,6 @@ def test_uploaded_photo_is_previewed(workspace, tmp_path):
     at.file_uploader(key="aug_upload").set_value(("mine.png", png, "image/png"))
     at.run()
     assert not at.exception
+    assert at.multiselect(key="aug_pick").value == []  # the emptied choice is kept, not reset to the default
     assert any("your photo · mine.png" in m.value.replace("\\", "") for m in at.markdown)
     assert [len(a) for _, a in previews(at)] == [N]

@@ -83,10 +83,14 @@ def test_a_one_class_dataset_shows_an_error_not_an_exception(workspace):
     assert (single / "other").is_dir()
 
 
-def test_a_folder_outside_the_workspace_is_refused(workspace, tmp_path):
+def test_unusable_folders_are_explained(workspace, tmp_path):
     outside = make_dataset(tmp_path / "elsewhere", per_class=3)
     at = open_page(outside)
     assert any("outside the folders" in e for e in errors(at)), errors(at)
+    gone = workspace / "datasets" / "deleted-since"
+    at = open_page(gone)
+    assert any("no longer exists" in e for e in errors(at)), errors(at)
+    assert not gone.exists()
 
 
 def test_build_a_dataset_in_the_browser(workspace, tmp_path):

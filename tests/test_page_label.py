@@ -1,13 +1,17 @@
 """The Label page, driven through its widgets with Streamlit's AppTest (a real script run, no browser)."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
 from conftest import DEMO, PROJECT_ROOT, make_dataset, make_image
 from core import labeling
+from core.runs import get_run, process_alive
 from test_duplicates import scene
 from ui.labeling_views import NEW_CLASS, path_key
 
@@ -160,3 +164,61 @@ def test_suggestions_sort_and_accept_all(workspace, demo_run):
     ok(at)
     assert len(labeling.unlabelled_images(copy)) == 4 - expected
     assert labeling.can_undo(copy) == 1
+
+    # Retrain: the run was trained on the read-only demo; the retraining uses the fixed copy.
+    at.button(key="lbl_retrain").click().run()
+    ok(at)
+    new = get_run(at.session_state["lbl_retrain_started"])
+    try:
+        assert new.config().data == str(copy) and new.config().mode == "bottleneck"
+        assert new.config_dict()["name"] == f"retrain of {demo_run.name}"
+        assert any("Watch the retraining" in link.label for link in at.get("page_link"))
+    finally:  # not needed to finish here (tests/test_labeling and the timing in the report cover training)
+        new.request_stop()
+        pid = new.status().get("pid")
+        if pid and process_alive(pid):
+            os.kill(pid, signal.SIGTERM)  # the run process this test started (a child of this process): reap it
+            for _ in range(100):
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break
+                time.sleep(0.1)
+
+
+def fix_script(dataset: str, image: str, classes: list[str]) -> None:
+    """What the Predictions page does for a wrong prediction: the fix widgets under its photo."""
+    from pathlib import Path
+
+    from ui.labeling_views import fix_controls
+
+    fix_controls(Path(dataset), Path(image), classes, key="fix0")
+
+
+def test_fix_controls_copy_the_demo_then_move_and_delete_in_the_copy(workspace):
+    image = sorted((DEMO / "fish").iterdir())[0]
+    classes = ["fish", "monuments", "renewable_energy", "tools"]
+    at = AppTest.from_function(fix_script, default_timeout=60, args=(str(DEMO), str(image), classes))
+    at.run()
+    ok(at)
+    # The demo is read-only: the only widget offers a copy.
+    assert [b.key for b in at.button] == ["fix0_copy"]
+    at.button(key="fix0_copy").click().run()
+    ok(at)
+    [copy] = list((workspace / "datasets").iterdir())
+    assert Path(at.session_state["dataset"]) == copy and labeling.working_copy(DEMO) == copy.resolve()
+    assert at.selectbox(key="fix0_class").value == "fish" and at.button(key="fix0_move").disabled
+    at.selectbox(key="fix0_class").set_value("tools").run()
+    at.button(key="fix0_move").click().run()
+    ok(at)
+    assert (copy / "tools" / image.name).exists() and not (copy / "fish" / image.name).exists()
+    assert image.exists()  # the demo itself is untouched
+    assert any("Now filed under **tools**" in c.value for c in at.caption)  # found again through the journal
+    at.button(key="fix0_delete").click().run()
+    ok(at)
+    assert labeling.in_trash(copy, labeling.counterpart(DEMO, image, copy))
+    assert any("Deleted" in c.value for c in at.caption)
+    labeling.undo(copy)
+    at.run()
+    assert at.button(key="fix0_move").disabled  # back in tools, where the selector points

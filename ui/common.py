@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import streamlit as st
@@ -9,6 +10,15 @@ import streamlit as st
 from core import images
 from core.datasets import Dataset, DatasetError, scan_dataset
 from core.workspace import DEMO_DATASET
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
+
+
+def md(text: object) -> str:
+    """Text from files or errors, made safe to show in Streamlit markdown: `cats/*.jpg` must not turn italic,
+    and a `$` in a file name must not start a formula."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
 
 
 def folder_fingerprint(root: Path) -> tuple:
@@ -47,7 +57,7 @@ def current_dataset(required: bool = True) -> Dataset | None:
         return load_dataset(dataset_path(), st.session_state["val_split"], st.session_state["test_split"],
                             st.session_state["seed"])
     except DatasetError as exc:
-        st.error(f"The dataset cannot be used: {exc}")
+        st.error(f"The dataset cannot be used: {md(exc)}")
         if required:
             st.info("Pick or build another dataset on the **Dataset** page.")
             st.stop()
@@ -83,4 +93,4 @@ def dataset_label(path: str | Path) -> str:
 
 def show_exception(prefix: str, exc: Exception) -> None:
     """A readable message for an expected error; anything else too, with its type, never a raw traceback."""
-    st.error(f"{prefix}: {exc}")
+    st.error(f"{prefix}: {md(exc)}")

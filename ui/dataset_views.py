@@ -1,13 +1,14 @@
 """Small Streamlit helpers for the Dataset and Augmentation pages: synced widgets, flash messages, image grids."""
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
+
+from ui.common import md  # noqa: F401  (re-exported: pages import it from here)
 
 from core import images
 from core.datasets import RESERVED_FOLDERS
@@ -18,13 +19,6 @@ IMAGE_TYPES = sorted(ext.lstrip(".") for ext in images.IMAGE_EXTENSIONS)  # for 
 
 # ---------------------------------------------------------------------------------------------- text
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
-
-
-def md(text: object) -> str:
-    """Text from files or errors, made safe to show in Streamlit markdown: `cats/*.jpg` must not turn italic,
-    and a `$` in a file name must not start a formula."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
 
 
 # ---------------------------------------------------------------------------------------------- state

@@ -1,0 +1,175 @@
+"""AppTest of the Predictions page on a real finished run: summary, confusion matrix, image grid and its filters,
+predicting uploaded photos and a zip, TFLite export; plus the pure helpers behind the clickable matrix."""
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import DEMO, PROJECT_ROOT
+from ui.prediction_views import ALL, cell_from_selection, clickable_confusion, confusion_from, filter_predictions, \
+    prepare_predictions
+
+
+def predictions_page(**state) -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page("pages/5_predictions.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def n_images(at: AppTest) -> int:
+    return len(at.get("image"))
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption])
+
+
+@pytest.fixture
+def demo_ws(demo_run, monkeypatch) -> Path:
+    monkeypatch.setenv("FEWSHOT_WORKSPACE", str(demo_run.parent.parent))
+    return demo_run
+
+
+@pytest.fixture
+def run_copy(demo_run, tmp_path, monkeypatch) -> Path:
+    """A private copy of the demo run (tests that change files must never touch the shared one)."""
+    ws = tmp_path / "ws"
+    shutil.copytree(demo_run, ws / "runs" / demo_run.name)
+    monkeypatch.setenv("FEWSHOT_WORKSPACE", str(ws))
+    return ws / "runs" / demo_run.name
+
+
+def test_empty_workspace_explains_to_train_first(workspace):
+    at = predictions_page()
+    assert any("No finished training" in i.value for i in at.info)
+    assert at.get("page_link")
+    assert not at.get("plotly_chart")
+
+
+def test_demo_run_shows_summary_confusion_and_grid(demo_ws):
+    frame = pd.read_csv(demo_ws / "predictions.csv")
+    at = predictions_page()
+    assert at.selectbox(key="pred_run").value == demo_ws.name
+    assert at.metric[0].label == "Validation accuracy" and at.metric[0].value.endswith("%")
+    assert any("exactly what the app predicted" in s.value for s in at.success)
+    assert len(at.get("plotly_chart")) == 1
+    val = frame[frame["split"] == "val"]
+    assert n_images(at) == min(24, len(val)) > 0
+    shown = texts(at)
+    assert all(label in shown for label in val["predicted"].unique())
+    assert Path(val.sort_values("confidence")["path"].iloc[0]).name in shown  # least sure first by default
+    assert at.get("download_button")
+
+    wrong = int((val["label"] != val["predicted"]).sum())
+    at.segmented_control(key="pred_outcome").set_value("wrong").run()
+    assert not at.exception
+    assert n_images(at) == min(24, wrong)
+    if not wrong:
+        assert any("No photo matches" in i.value for i in at.info)
+
+
+def test_choosing_a_confusion_cell_filters_the_grid(demo_ws):
+    frame = pd.read_csv(demo_ws / "predictions.csv")
+    val = frame[frame["split"] == "val"]
+    cls = val["label"].value_counts().index[0]
+    at = predictions_page()
+    at.selectbox(key="pred_true").set_value(cls).run()
+    at.selectbox(key="pred_said").set_value(cls).run()
+    assert not at.exception
+    assert n_images(at) == int(((val["label"] == cls) & (val["predicted"] == cls)).sum()) > 0
+    other = next(c for c in sorted(val["label"].unique()) if c != cls and
+                 not ((val["label"] == cls) & (val["predicted"] == c)).any())
+    at.selectbox(key="pred_said").set_value(other).run()
+    assert n_images(at) == 0
+    assert any("No photo matches" in i.value for i in at.info)
+
+
+def test_clickable_matrix_maps_a_clicked_point_to_its_cell():
+    classes = ["cat", "dog", "fox"]
+    matrix = [[3, 1, 0], [0, 4, 2], [1, 0, 5]]
+    fig = clickable_confusion(matrix, classes)
+    cells = [t for t in fig.data if t.type == "scatter"][0]
+    assert len(cells.customdata) == 9
+    # The frontend sends back the clicked marker with its customdata ([true, predicted]).
+    index = list(cells.x).index("fox") + 3  # row "dog", column "fox"
+    assert (cells.y[index], cells.x[index]) == ("dog", "fox")
+    point = {"curve_number": 1, "point_number": index, "x": "fox", "y": "dog",
+             "customdata": list(cells.customdata[index])}
+    assert cell_from_selection({"points": [point], "point_indices": [index], "box": []}, classes) == ("dog", "fox")
+    assert cell_from_selection({"points": [], "point_indices": [], "box": []}, classes) is None
+    assert "2 images (wrong)" in cells.hovertext[index]
+
+
+def test_filters_and_confusion_from_predictions():
+    frame = prepare_predictions(pd.DataFrame({
+        "path": ["a", "b", "c", "d"], "split": ["val", "val", "val", "test"], "label": ["1", "1", "2", "2"],
+        "predicted": ["1", "2", "2", "1"], "confidence": [0.9, 0.6, 0.7, 0.8], "margin": [0.8, 0.2, 0.4, 0.6],
+        "correct": [True, False, True, False]}))
+    assert confusion_from(frame[frame["split"] == "val"], ["1", "2"]) == [[1, 1], [0, 1]]
+    assert filter_predictions(frame, "val")["path"].tolist() == ["b", "c", "a"]
+    assert filter_predictions(frame, "val", sort="most sure first")["path"].tolist() == ["a", "c", "b"]
+    assert filter_predictions(frame, "val", outcome="wrong")["path"].tolist() == ["b"]
+    assert filter_predictions(frame, "val", true="1", said="1")["path"].tolist() == ["a"]
+    assert filter_predictions(frame, "test", said=ALL)["path"].tolist() == ["d"]
+
+
+def test_moved_files_and_test_split_do_not_break_the_page(run_copy):
+    """Images relabelled or deleted since training show as "file moved"; a run with test photos gets a selector."""
+    frame = pd.read_csv(run_copy / "predictions.csv")
+    val_rows = frame.index[frame["split"] == "val"]
+    frame.loc[val_rows[0], "path"] = str(run_copy / "gone" / "missing.jpg")
+    frame.loc[val_rows[-3:], "split"] = "test"
+    frame.to_csv(run_copy / "predictions.csv", index=False)
+    at = predictions_page()
+    assert any("file moved" in m.value for m in at.markdown)
+    assert n_images(at) == min(24, len(val_rows) - 3) - 1
+    at.segmented_control(key="pred_split").set_value("test").run()
+    assert not at.exception
+    assert n_images(at) == 3
+
+
+def test_uploaded_photos_and_zip_are_predicted(demo_ws):
+    classes = (demo_ws / "labels.json").read_text()
+    fish = sorted((DEMO / "fish").glob("*.jpg"))[:2]
+    tool = sorted((DEMO / "tools").glob("*.jpg"))[0]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in fish:
+            zf.write(path, f"new/{path.name}")
+        zf.writestr("__MACOSX/._x.jpg", b"litter")
+        zf.writestr("notes.txt", b"not an image")
+    at = predictions_page()
+    at.file_uploader(key="pred_uploads").set_value([
+        (tool.name, tool.read_bytes(), "image/jpeg"),
+        ("photos.zip", archive.getvalue(), "application/zip"),
+        ("broken.png", b"not really a png", "image/png")]).run()
+    assert not at.exception, at.exception
+    table = next(df.value for df in at.dataframe if "file" in df.value.columns)
+    assert table["file"].tolist() == [tool.name, "photos.zip/new/" + fish[0].name, "photos.zip/new/" + fish[1].name,
+                                      "broken.png"]
+    readable = table.dropna(subset=["predicted"])
+    assert len(readable) == 3 and all(p in classes for p in readable["predicted"])
+    prob_cols = [c for c in table.columns if c.startswith("p_")]
+    assert (readable[prob_cols].sum(axis=1) - 1).abs().max() < 1e-4
+    assert (readable["confidence"] == readable[prob_cols].max(axis=1)).all()
+    assert table.loc[3, "problem"]  # the broken file is reported, not a crash
+    assert at.get("download_button")
+
+
+def test_tflite_is_made_on_request_and_offered(run_copy):
+    at = predictions_page()
+    at.button(key="pred_make_tflite").click().run(timeout=240)
+    assert not at.exception, at.exception
+    assert (run_copy / "model.tflite").stat().st_size > 100_000
+    assert any(b.key == "pred_dl_tflite" for b in at.get("download_button"))
