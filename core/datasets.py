@@ -9,10 +9,12 @@ in: the data on disk is the source of truth. Bad files are skipped and reported,
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +91,22 @@ class Dataset:
 
 
 _check_cache: dict[tuple[str, int, int], str | None] = {}
+NOT_TEXT_REASON = "its name is not valid UTF-8 text (an old archive or disk?): rename it to use it"
+
+
+def _is_text(name: str) -> bool:
+    """False for names holding bytes that are not UTF-8 (Python keeps them as lone surrogates, which every
+    later step that writes text — JSON, CSV, the browser — would choke on)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(path: Path) -> Path:
+    """`path` with undecodable bytes shown as U+FFFD: for the skipped list only (it names no real file)."""
+    return Path(os.fsencode(path).decode("utf-8", "replace"))
 
 
 def _check_cached(path: Path, st: "os.stat_result") -> str | None:  # noqa: F821
@@ -107,11 +125,16 @@ def scan_class_folder(folder: Path, check: bool = True) -> tuple[list[Path], lis
         rel_parts = path.relative_to(folder).parts
         if any(images.is_hidden(part) for part in rel_parts[:-1]):
             continue  # inside a hidden folder (e.g. __MACOSX/, .fewshot/): not part of the dataset
-        st = path.lstat()
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue  # moved or deleted since the listing (the Label page relabelling while a run scans)
         if stat.S_ISDIR(st.st_mode):
             continue
         name = path.name
-        if stat.S_ISLNK(st.st_mode):
+        if not _is_text(str(path.relative_to(folder))):
+            skipped.append(Skipped(_printable(path), NOT_TEXT_REASON))
+        elif stat.S_ISLNK(st.st_mode):
             skipped.append(Skipped(path, "symbolic link (not followed)"))
         elif images.is_hidden(name):
             skipped.append(Skipped(path, "hidden or system file"))
@@ -130,7 +153,12 @@ def scan_class_folder(folder: Path, check: bool = True) -> tuple[list[Path], lis
 def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir()
                   if p.is_dir() and not p.is_symlink() and not images.is_hidden(p.name)
-                  and p.name.lower() not in RESERVED_FOLDERS)
+                  and p.name.lower() not in RESERVED_FOLDERS and _is_text(p.name))
+
+
+def _untextual_folders(root: Path) -> list[Skipped]:
+    return [Skipped(_printable(p), NOT_TEXT_REASON) for p in sorted(root.iterdir())
+            if p.is_dir() and not _is_text(p.name)]
 
 
 def detect_layout(root: Path) -> dict[str, Path] | None:
@@ -225,7 +253,7 @@ def scan_dataset(data: str | Path, val_split: float = 0.2, test_split: float = 0
 
 def _scan_flat(root: Path, val_split: float, test_split: float, seed: int, check: bool) -> Dataset:
     files: dict[str, list[Path]] = {}
-    skipped: list[Skipped] = []
+    skipped: list[Skipped] = _untextual_folders(root)
     for folder in _class_folders(root):
         good, bad = scan_class_folder(folder, check)
         files[folder.name] = good
@@ -240,6 +268,7 @@ def _scan_split(root: Path, layout: dict[str, Path], check: bool) -> Dataset:
     skipped: list[Skipped] = []
     for split, folder in layout.items():
         per_split[split] = {}
+        skipped += _untextual_folders(folder)
         for class_folder in _class_folders(folder):
             good, bad = scan_class_folder(class_folder, check)
             per_split[split][class_folder.name] = good
@@ -354,31 +383,46 @@ def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, dest: Pat
     mode = member.external_attr >> 16
     if stat.S_ISLNK(mode):
         return f"{member.filename}: symbolic link, left out"
+    if member.flag_bits & 0x1:
+        return f"{member.filename}: encrypted, left out"
     if parts[-1].lower().endswith(".zip"):
         return f"{member.filename}: zip inside a zip, left out"
     if member.compress_size and member.file_size / member.compress_size > MAX_ZIP_RATIO:
         return f"{member.filename}: compression ratio too high (zip bomb?), left out"
     target = dest.joinpath(*[safe_name(p) or "_" for p in parts])
     target.parent.mkdir(parents=True, exist_ok=True)
-    with archive.open(member) as src, open(target, "wb") as out:
-        # Copy with a running byte count: the header's file_size can lie.
-        written = 0
-        for chunk in iter(lambda: src.read(1 << 20), b""):
-            written += len(chunk)
-            if written > member.file_size + (1 << 20):
-                raise DatasetError(f"{member.filename} unpacks to more than its header says; refusing the zip.")
-            out.write(chunk)
+    try:
+        with archive.open(member) as src, open(target, "wb") as out:
+            # Copy with a running byte count: the header's file_size can lie.
+            written = 0
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                written += len(chunk)
+                if written > member.file_size + (1 << 20):
+                    raise DatasetError(f"{member.filename} unpacks to more than its header says; refusing the zip.")
+                out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        # A damaged member (bad CRC, corrupt stream: zipfile never writes past the declared size) or an
+        # unsupported compression method: drop what was written of it and go on with the others.
+        target.unlink(missing_ok=True)
+        return f"{member.filename}: damaged or unsupported ({exc}), left out"
     return None
 
 
 # ---------------------------------------------------------------------------------------------- names
 
 
-def safe_name(name: str) -> str:
-    """A file or folder name that cannot escape its folder or trip a shell: no separators, no leading dots."""
+def safe_name(name: str, max_bytes: int = 150) -> str:
+    """A file or folder name that cannot escape its folder or trip a shell: no separators, no control characters,
+    no leading dots, valid UTF-8, at most `max_bytes` bytes (file systems allow 255) with its extension kept."""
+    name = name.encode("utf-8", "ignore").decode("utf-8")
     name = Path(name.replace("\\", "/")).name
-    name = re.sub(r"[\x00-\x1f/\\:*?\"<>|]", "_", name).strip().lstrip(".")
-    return name[:150]
+    name = re.sub(r"[\x00-\x1f/\\:*?\"<>|]", "_", name).strip()
+    suffix = Path(name).suffix if len(Path(name).suffix) <= 16 else ""
+    stem = name[: len(name) - len(suffix)].lstrip(".").strip()
+    if not stem:
+        return "_" + suffix if suffix else ""
+    stem = stem.encode("utf-8")[: max_bytes - len(suffix.encode("utf-8"))].decode("utf-8", "ignore").rstrip()
+    return stem + suffix
 
 
 def validate_class_name(name: str) -> str:

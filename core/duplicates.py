@@ -28,8 +28,10 @@ LOW_FREQ = 8        # 8×8 low frequencies → 64 bits
 DEFAULT_MAX_DISTANCE = 8  # of 64 bits: resized/recompressed copies land at 0–4, different photos at 20+
 COLOUR_SIDE = 4
 COLOUR_TOLERANCE = 32.0   # mean difference (0–255) of the 4×4 colour layouts; copies differ by a few units
-KINDS = ("across classes", "across splits", "same class")
+UNLABELLED = ""  # the label of a pool photo (`Item(path, UNLABELLED, "pool")`)
+KINDS = ("across classes", "across splits", "unlabelled copy", "same class")
 KIND_HELP = {
+    "unlabelled copy": "An unlabelled photo that is already in the dataset: labelling it would count it twice.",
     "across classes": "The same picture under two different classes: one of the labels is wrong.",
     "across splits": "The same picture in training and in validation/test: the model is tested on a photo it "
                      "learned from, so the validation score looks better than it is.",
@@ -112,6 +114,8 @@ class DuplicatePair:
 
 
 def pair_kind(a: Item, b: Item) -> str:
+    if (a.label == UNLABELLED) != (b.label == UNLABELLED):
+        return "unlabelled copy"
     if a.label != b.label:
         return "across classes"
     if a.split != b.split:
@@ -121,8 +125,9 @@ def pair_kind(a: Item, b: Item) -> str:
 
 def find_near_duplicates(items: Sequence[Item], max_distance: int = DEFAULT_MAX_DISTANCE,
                          max_pairs: int = 2000) -> list[DuplicatePair]:
-    """Pairs of items whose pictures look alike, the most serious first (across classes, across splits, same
-    class), closest first within a kind. Unreadable images are left out (the dataset scan reports them)."""
+    """Pairs of items whose pictures look alike, the most serious first (across classes, across splits, an
+    unlabelled photo already labelled, same class), closest first within a kind. Pool photos take part with the
+    label `UNLABELLED`. Unreadable images are left out (the dataset scan reports them)."""
     hashed = [(item, f) for item in items if (f := fingerprint_file(item.path)) is not None]
     if len(hashed) < 2:
         return []

@@ -102,4 +102,7 @@ def friendly_error(exc: BaseException) -> str:
         return "Out of memory: try a smaller batch size or fewer images."
     if isinstance(exc, OSError) and exc.errno == 28:
         return "The disk is full: free some space and start the training again. Nothing was corrupted."
+    if isinstance(exc, FileNotFoundError):
+        return (f"A file of the dataset was moved or deleted while the training read it ({exc.filename}). "
+                f"Start the training again once the dataset has stopped changing.")
     return f"Training failed: {type(exc).__name__}: {exc}"

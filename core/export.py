@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +25,9 @@ def save_model(model: keras.Model, path: Path) -> None:
         with fsutil.atomic_path(path, suffix=".keras") as tmp:
             model.save(tmp)
     except OSError as exc:
-        raise ExportError(f"could not save the model to {path}: {exc.strerror or exc}. The previous model, if any, "
+        reason = "the disk is full (free some space and train again)" if exc.errno == errno.ENOSPC else \
+            exc.strerror or exc
+        raise ExportError(f"could not save the model to {path}: {reason}. The previous model, if any, "
                           f"is untouched.") from exc
 
 

@@ -3,10 +3,13 @@
 The cache key is the image's content hash, so a second run extracts nothing, and a renamed or relabelled image
 (a file moved to another class folder) costs nothing either. One small `.npy` per entry, written atomically:
 two runs sharing the cache never see a torn file, and a damaged entry is detected and recomputed.
+Misses go through the TFLite copy of the backbone where one is ready (`core.fast_extract`: same features to ~1e-5,
+2-4x faster), else through the Keras model.
 """
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ import numpy as np
 from core import fsutil, images
 from core.augment import AugmentConfig, build_augmenter
 from core.backbones import build_feature_extractor, get_backbone
+from core.fast_extract import fast_extractor
 from core.tfenv import tf
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -31,6 +35,7 @@ class FeatureCache:
     def __init__(self, root: Path, backbone: str, input_size: int):
         self.dir = Path(root) / f"{backbone}-{input_size}"
         self.dim = get_backbone(backbone).feature_dim
+        self.write_error: str | None = None  # set when the cache cannot be written (disk full, read-only)
 
     def _path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npy"
@@ -50,8 +55,17 @@ class FeatureCache:
         return vec
 
     def put(self, key: str, vec: np.ndarray) -> None:
-        with fsutil.atomic_path(self._path(key), suffix=".npy") as tmp:
-            np.save(tmp, np.asarray(vec, dtype=np.float32), allow_pickle=False)
+        """Store one entry. The cache only saves time: if it cannot be written (a full disk, a read-only folder)
+        the features are still used, the run goes on uncached, and the reason is said once in the run's log."""
+        if self.write_error:
+            return
+        try:
+            with fsutil.atomic_path(self._path(key), suffix=".npy") as tmp:
+                np.save(tmp, np.asarray(vec, dtype=np.float32), allow_pickle=False)
+        except OSError as exc:
+            self.write_error = exc.strerror or str(exc)
+            print(f"warning: the feature cache in {self.dir} cannot be written ({self.write_error}); going on "
+                  f"without caching", file=sys.stderr, flush=True)
 
     def __len__(self) -> int:
         return sum(1 for _ in self.dir.rglob("*.npy")) if self.dir.exists() else 0
@@ -64,6 +78,7 @@ class FeatureResult:
     n_extracted: int = 0            # cache misses computed by this call
     seconds: float = 0.0
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    engine: str = ""                # what computed the misses: "tflite" (core.fast_extract) or "keras"
 
 
 @lru_cache(maxsize=2)
@@ -132,7 +147,12 @@ def extract_features(paths: Sequence[Path], backbone: str, cache_root: Path | No
     if progress:
         progress(0, len(missing))
     if missing:
-        _, forward = cached_extractor(backbone)
+        fast = fast_extractor(backbone, len(missing))  # same features, 2-4x faster; None: use Keras
+        if fast is not None:
+            forward, result.engine = (lambda x: fast(np.asarray(x))), "tflite"
+        else:
+            keras_forward = cached_extractor(backbone)[1]
+            forward, result.engine = (lambda x: keras_forward(x).numpy()), "keras"
         augmenter = build_augmenter(augment, seed=copy) if augment is not None else None
         done = 0
         for batch, flags in image_dataset([paths[i] for i in missing], spec.input_size, batch_size):
@@ -140,7 +160,7 @@ def extract_features(paths: Sequence[Path], backbone: str, cache_root: Path | No
                 raise StopRequested()
             if augmenter is not None:
                 batch = augmenter(batch, training=True)
-            vecs = forward(batch).numpy()
+            vecs = forward(batch)
             for vec, flag in zip(vecs, flags.numpy()):
                 index = missing[done]
                 done += 1

@@ -101,6 +101,9 @@ def import_zip(zip_file: Path, name: str) -> tuple[Path, list[str]]:
     notes = safe_extract_zip(Path(zip_file), staging)
     try:
         root = find_dataset_root(staging)
+        if not any(p.is_file() and images.has_image_extension(p.name) for p in root.rglob("*")):
+            raise DatasetError("the zip holds no images (.jpg, .png, .webp, …): put each class's images in a folder "
+                               "named after the class (cats/…, dogs/…) and zip those folders.")
         if not any(p.is_dir() for p in root.iterdir()):
             raise DatasetError("the zip holds no folders: put each class's images in a folder named after the "
                                "class (cats/…, dogs/…) and zip those folders.")

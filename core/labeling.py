@@ -38,7 +38,7 @@ from core import fsutil, images
 from core.datasets import (RESERVED_FOLDERS, SPLIT_FOLDER_NAMES, DatasetError, Skipped, detect_layout,
                            scan_class_folder, validate_class_name)
 from core.importing import ImportReport, dataset_name, list_datasets, save_image_bytes, unique_path
-from core.workspace import DEMO_DATASET, datasets_dir
+from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed
 
 try:  # advisory lock between processes (and between threads: each open() is its own lock owner)
     import fcntl
@@ -106,7 +106,7 @@ def editable_root(dataset: str | Path) -> Path:
     if is_demo(root):
         raise LabelingError("The built-in demo dataset is read-only. Make an editable copy of it in the workspace "
                             "first (the Label page has a button for it).")
-    if datasets_dir() not in root.parents:
+    if root.parent != datasets_dir():  # a dataset is a folder directly in datasets/ (not one of its classes)
         raise LabelingError(f"{root} is not a dataset in the workspace ({datasets_dir()}); only those can be "
                             f"changed here.")
     if not root.is_dir():
@@ -253,7 +253,10 @@ def make_editable_copy(source: str | Path, name: str) -> Path:
 
     The app's bookkeeping (`.fewshot/`) is not copied: the copy starts with an empty history.
     """
-    source = Path(source).resolve()
+    try:
+        source = ensure_allowed(source)  # never copy (read) a folder outside the workspace and the demo
+    except PathError as exc:
+        raise LabelingError(str(exc)) from None
     if not source.is_dir():
         raise LabelingError(f"{source} is not a folder.")
     try:

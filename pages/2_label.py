@@ -17,12 +17,17 @@ from core.datasets import DatasetError, Item
 from core.labeling import LabelingError
 from core.runs import Run, list_runs
 from ui import labeling_views as lv
-from ui.common import dataset_label, load_dataset, thumb
+from ui.common import dataset_label, load_dataset, md, thumb
 from ui.dataset_views import IMAGE_TYPES, flash, show_flash, synced
+from ui.frame import require_frame
 from ui.state import dataset_path, init_state, set_dataset
+
+require_frame(__file__)
 
 VIEWS = {"pool": "Sort unlabelled photos", "focus": "One at a time (keyboard)", "labelled": "Labelled photos",
          "check": "Data check", "history": "History & trash"}
+KIND_TITLES = {"across classes": "Across classes", "across splits": "Across train/validation",
+               "unlabelled copy": "Unlabelled copies", "same class": "Within a class"}
 SORTS = {"unsure": "Least sure first", "sure": "Surest first", "name": "File name"}
 
 init_state()
@@ -38,31 +43,26 @@ root = dataset_path().resolve()
 show_flash("label")
 
 
-def md(text: str) -> str:
-    """A file name safe to show in Markdown (underscores and stars would turn into formatting)."""
-    return "".join("\\" + ch if ch in "\\`*_[]<>#|~" else ch for ch in text)
-
-
 # ---------------------------------------------------------------------------------------------- read-only guard
 if not labeling.is_editable(root):
     copy = labeling.working_copy(root)
-    st.info(f"**{dataset_label(root)}** is read-only: the app never changes the built-in demo or folders outside "
+    st.info(f"**{md(dataset_label(root))}** is read-only: the app never changes the built-in demo or folders outside "
             f"its workspace. Make an editable copy to label or fix it; the copy becomes your current dataset.")
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     c1.text_input("Name of the copy", value="demo" if labeling.is_demo(root) else root.name, key="lbl_copy_name")
     c2.button("Make an editable copy", key="lbl_make_copy", type="primary", icon=":material/content_copy:",
               on_click=lambda: lv.make_copy(root, st.session_state.get("lbl_copy_name", "")))
     if copy is not None:
-        st.button(f"Switch to your copy “{copy.name}”", key="lbl_use_copy", on_click=set_dataset, args=(copy,),
+        st.button(f"Switch to your copy “{md(copy.name)}”", key="lbl_use_copy", on_click=set_dataset, args=(copy,),
                   icon=":material/swap_horiz:")
     st.stop()
 
 try:
     for note in labeling.recover(root):
-        st.warning(f"A change was interrupted earlier (the app stopped mid-way) and has been settled: {note}")
+        st.warning(f"A change was interrupted earlier (the app stopped mid-way) and has been settled: {md(note)}")
     view = labeling.label_view(root)
 except (LabelingError, OSError) as exc:
-    st.error(f"This dataset cannot be labelled: {exc}")
+    st.error(f"This dataset cannot be labelled: {md(exc)}")
     st.stop()
 counts = view.counts()
 classes = view.classes
@@ -88,13 +88,14 @@ def save_uploads(key: str) -> None:
     try:
         report = labeling.add_unlabelled_uploads(root, [(f.name, f.getvalue()) for f in files])
     except (LabelingError, OSError) as exc:
-        flash("label", "error", f"Nothing was saved: {exc}")
+        flash("label", "error", f"Nothing was saved: {md(exc)}")
         return
     st.session_state["lbl_upload_counter"] += 1
     if report.saved:
         flash("label", "success", f"Added {lv.plural(len(report.saved), 'photo')} to the unlabelled pool.")
     if report.skipped:
-        flash("label", "warning", "Skipped: " + "; ".join(f"{name} ({why})" for name, why in report.skipped[:10]))
+        flash("label", "warning",
+              "Skipped: " + "; ".join(f"{md(name)} ({md(why)})" for name, why in report.skipped[:10]))
 
 
 with st.expander("Add unlabelled photos", expanded=not pool and not view.labelled, icon=":material/upload:"):
@@ -111,6 +112,7 @@ def suggestion_runs() -> tuple[list[Run], list[str]]:
     origin = labeling.origin_of(root)
     here = {str(root)} | ({str(origin.resolve())} if origin else set())
     finished = [run for run in list_runs() if run.has_model() and run.labels()]
+
     def trained_here(run: Run) -> bool:
         data = run.config_dict().get("train", {}).get("data", "")
         return bool(data) and str(Path(data).resolve()) in here
@@ -136,7 +138,7 @@ if runs:
     run = by_id.get(run_id)
     if run is not None:
         with c2:
-            lv.retrain_button(run, key="lbl_retrain", dataset_root=root)
+            lv.retrain_button(run, key="lbl_retrain", dataset_root=root, primary=False)
         unknown = sorted(set(run.labels()) - set(classes))
         if unknown and classes:
             st.caption(f"This model knows classes this dataset lacks ({', '.join(unknown)}); accepting its "
@@ -146,7 +148,7 @@ if runs:
                 with st.spinner(f"The model looks at {lv.plural(len(pool), 'photo')}…"):
                     frame = labeling.predict_pool(run, pool)
             except (LabelingError, OSError) as exc:
-                st.warning(f"No suggestions: {exc}")
+                st.warning(f"No suggestions: {md(exc)}")
 suggestion = {} if frame is None else {Path(p): (c, conf) for p, c, conf in
                                          zip(frame["path"], frame["predicted"], frame["confidence"])}
 
@@ -171,8 +173,9 @@ st.radio("Show", list(VIEWS), format_func=VIEWS.get, horizontal=True, label_visi
 mode = st.session_state["lbl_view_choice"]
 sort = "name"
 if suggestion and mode in ("pool", "focus"):
-    sort = st.selectbox("Order", list(SORTS), format_func=SORTS.get, key="lbl_sort",
-                        help="'Least sure first' shows the photos the model hesitates on first.")
+    sort = st.columns([1, 2])[0].selectbox("Order", list(SORTS), format_func=SORTS.get, key="lbl_sort",
+                                           help="'Least sure first' shows the photos the model hesitates on "
+                                                "first: labelling those teaches the next training the most.")
 
 
 # ---------------------------------------------------------------------------------------------- pool grid
@@ -227,9 +230,9 @@ def _focus_assign(path: Path, class_name: str) -> None:
     try:
         labeling.move_to_class(root, [path], class_name)
     except (LabelingError, DatasetError, OSError) as exc:
-        flash("label", "error", f"Not moved: {exc}")
+        flash("label", "error", f"Not moved: {md(exc)}")
         return
-    st.toast(f"{path.name} → {class_name}", icon=":material/label:")
+    st.toast(f"{md(path.name)} → {md(class_name)}", icon=":material/label:")
 
 
 def _focus_assign_picked(path: Path) -> None:
@@ -244,9 +247,9 @@ def _focus_delete(path: Path) -> None:
     try:
         labeling.delete_images(root, [path])
     except (LabelingError, OSError) as exc:
-        flash("label", "error", f"Not deleted: {exc}")
+        flash("label", "error", f"Not deleted: {md(exc)}")
         return
-    st.toast(f"{path.name} → trash", icon=":material/delete:")
+    st.toast(f"{md(path.name)} → trash", icon=":material/delete:")
 
 
 def _focus_step(step: int, n: int) -> None:
@@ -339,12 +342,12 @@ def _pair_tile(item: Item, other_label: str, key: str) -> None:
     if data is not None:
         st.image(data, width="stretch")
     size = duplicates.image_size(item.path)
-    st.caption(f"{md(item.path.name)} · **{md(item.label)}** · {item.split}" + (f" · {size[0]}×{size[1]}"
-                                                                                if size else ""))
+    where = "unlabelled" if item.label == duplicates.UNLABELLED else f"**{md(item.label)}** · {item.split}"
+    st.caption(f"{md(item.path.name)} · {where}" + (f" · {size[0]}×{size[1]}" if size else ""))
     with st.container(horizontal=True, gap="small"):
         st.button("Delete", key=f"{key}_del", icon=":material/delete:",
                   on_click=lambda: lv.delete(root, [item.path]), help="To the trash (restorable).")
-        if other_label != item.label:
+        if duplicates.UNLABELLED not in (other_label, item.label) and other_label != item.label:
             st.button(f"Move to {other_label}", key=f"{key}_mv", icon=":material/drive_file_move:",
                       on_click=lambda: lv.assign(root, [item.path], other_label),
                       help="If this one is filed under the wrong class.")
@@ -358,12 +361,13 @@ def check_view() -> None:
                           st.session_state["seed"])
         items = ds.items
     except DatasetError as exc:
-        st.warning(f"The dataset cannot be trained on yet ({exc}), so train/validation splits are unknown: "
+        st.warning(f"The dataset cannot be trained on yet ({md(exc)}), so train/validation splits are unknown: "
                    f"checking within and across classes only.")
         items = [Item(image.path, image.label, image.split) for image in view.labelled]
     if not items:
         st.info("No labelled photos to check yet.")
         return
+    items = items + [Item(path, duplicates.UNLABELLED, "pool") for path in pool]
     distance = st.slider("How alike counts as a duplicate", 0, 16, duplicates.DEFAULT_MAX_DISTANCE,
                          key="lbl_dup_distance",
                          help="Differences allowed between two pictures' fingerprints (64 points). 0: the same "
@@ -371,9 +375,10 @@ def check_view() -> None:
     with st.spinner("Comparing pictures…"):
         pairs = duplicates.find_near_duplicates(items, distance)
     found = duplicates.summary(pairs)
+    st.markdown("**Near-duplicate pairs**")
     cols = st.columns(len(found))
     for col, (kind, n) in zip(cols, found.items()):
-        col.metric(f"Duplicates {kind}", n, help=duplicates.KIND_HELP[kind])
+        col.metric(KIND_TITLES[kind], n, help=duplicates.KIND_HELP[kind])
     if not pairs:
         st.success("No near-duplicate pictures.")
     for pair in pairs[:20]:
@@ -386,8 +391,8 @@ def check_view() -> None:
                 _pair_tile(pair.b, pair.a.label, f"{key}_b")
             about.markdown(f"**{pair.kind.capitalize()}** · {'identical' if pair.distance == 0 else 'very alike'} "
                            f"(difference {pair.distance}/64)")
-            about.caption(pair.help + " Delete one copy" + (", or move one to the other's class." if
-                                                            pair.kind == "across classes" else "."))
+            about.caption(pair.help + (" Delete one copy, or move one to the other's class."
+                                       if pair.kind == "across classes" else " Delete one copy."))
     if len(pairs) > 20:
         st.caption(f"The first 20 of {len(pairs)} pairs are shown; fix these and the next ones appear.")
 

@@ -85,7 +85,7 @@ frame = prepare_predictions(frame)
 splits = [s for s in ("val", "test") if (frame["split"] == s).any()]
 split = splits[0]
 if len(splits) > 1:
-    split = st.segmented_control("Photos to look at", splits, default="val", key="pred_split",
+    split = st.segmented_control("Photos to look at", splits, default="val", key="pred_split", required=True,
                                  format_func={"val": "Validation", "test": "Test"}.get,
                                  help="Validation photos guided the training (when to stop); test photos did not.") \
         or "val"
@@ -102,7 +102,7 @@ def on_cell_click() -> None:
     cell = cell_from_selection(st.session_state[chart_key].get("selection"), classes)
     st.session_state["pred_true"], st.session_state["pred_said"] = cell or (ALL, ALL)
     st.session_state["pred_outcome"] = "all"
-    st.session_state["pred_page"] = 1
+    st.session_state.pop("pred_page", None)  # back to the first page of the new selection
 
 
 left, right = st.columns([1, 1])
@@ -143,7 +143,7 @@ for key in ("pred_true", "pred_said"):
 f1, f2, f3, f4, f5 = st.columns([2, 2, 3, 2, 1])
 true = f1.selectbox("True class", options, key="pred_true", help="The class the photo is filed under.")
 said = f2.selectbox("Model said", options, key="pred_said", help="The class the model predicted.")
-outcome = f3.segmented_control("Show", ["all", "wrong", "right"], key="pred_outcome",
+outcome = f3.segmented_control("Show", ["all", "wrong", "right"], key="pred_outcome", required=True,
                                format_func={"all": "All", "wrong": ":material/cancel: Wrong",
                                             "right": ":material/check_circle: Right"}.get) or "all"
 sort = f4.selectbox("Order", list(SORTS), key="pred_sort")
@@ -171,7 +171,8 @@ else:
                 else:
                     st.image(data, width="stretch")
                 mark = ":green[:material/check_circle:]" if item["correct"] else ":red[:material/cancel:]"
-                st.markdown(f"{mark} **{item['predicted']}**  \n{item['confidence']:.0%} sure")
+                sure = "" if pd.isna(item["confidence"]) else f"{item['confidence']:.0%} sure"
+                st.markdown(f"{mark} **{item['predicted']}**  \n{sure}")
                 if not item["correct"]:
                     st.markdown(f":red[true: **{item['label']}**]")
                 st.caption(Path(item["path"]).name)
@@ -185,6 +186,9 @@ st.caption("Drop photos (or a .zip of photos) the model has never seen. Nothing 
 uploads = st.file_uploader("Photos or a .zip", accept_multiple_files=True, key="pred_uploads",
                            type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "zip"])
 model_path = run.file("model.keras")
+if not model_path.exists():  # deleted (e.g. from the Runs page in another tab) since this page was drawn
+    st.warning("This run's model file is gone; pick another run.")
+    st.stop()
 if uploads:
     cache_key = (str(model_path), model_path.stat().st_mtime_ns, tuple(u.file_id for u in uploads))
     result = st.session_state.get("pred_new")

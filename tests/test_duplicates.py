@@ -66,11 +66,13 @@ def test_pairs_are_classified_within_across_classes_and_splits(tmp_path):
         Item(c, "cats", "train"),
         Item(recompressed_copy(c, tmp_path / "cats" / "c_val.jpg", 0.8), "cats", "val"),  # leak into validation
         Item(scene(tmp_path / "dogs" / "d.png", seed=4), "dogs", "val"),
+        Item(recompressed_copy(tmp_path / "dogs" / "d.png", tmp_path / "pool" / "d_again.jpg"),
+             duplicates.UNLABELLED, "pool"),  # an unlabelled photo that is already in the dataset
     ]
     pairs = duplicates.find_near_duplicates(items)
     found = {(p.a.path.name, p.b.path.name): p.kind for p in pairs}
     assert found == {("b.png", "b_copy.jpg"): "across classes", ("c.png", "c_val.jpg"): "across splits",
-                     ("a.png", "a_copy.jpg"): "same class"}
+                     ("d.png", "d_again.jpg"): "unlabelled copy", ("a.png", "a_copy.jpg"): "same class"}
     assert [p.kind for p in pairs] == list(duplicates.KINDS)  # the most serious first
     assert duplicates.summary(pairs) == {kind: 1 for kind in duplicates.KINDS}
     assert all(p.help for p in pairs)

@@ -60,8 +60,8 @@ def test_empty_workspace_offers_an_editable_copy_of_the_demo(workspace):
         at.radio(key="lbl_view").set_value(mode).run()
         ok(at)
         if mode == "check":
-            assert {m.label for m in at.metric} == {"Duplicates across classes", "Duplicates across splits",
-                                                   "Duplicates same class"}
+            assert {m.label for m in at.metric} == {"Across classes", "Across train/validation",
+                                                   "Unlabelled copies", "Within a class"}
             assert any(m.value.startswith("**Small pictures**") for m in at.markdown)
     assert len(list((workspace / "datasets").iterdir())) == 1
 
@@ -130,17 +130,26 @@ def test_data_check_finds_a_copy_under_another_class_and_fixes_it(workspace):
         for i in range(4):
             scene(root / cls / f"img_{i}.png", seed=10 * c + i)
     shutil.copy(root / "red" / "img_1.png", root / "blue" / "stray.png")
+    (root / "unlabelled").mkdir()
+    shutil.copy(root / "blue" / "img_2.png", root / "unlabelled" / "again.png")
     at = open_page(root)
     at.radio(key="lbl_view").set_value("check").run()
     ok(at)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Duplicates across classes"] == "1"
+    assert metrics["Across classes"] == "1" and metrics["Unlabelled copies"] == "1"
     move = [b for b in at.button if b.label == "Move to red"]
     assert len(move) == 1
     move[0].click().run()
     ok(at)
     assert not (root / "blue" / "stray.png").exists() and (root / "red" / "stray.png").exists()
-    assert {m.label: m.value for m in at.metric}["Duplicates across classes"] == "0"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Across classes"] == "0" and metrics["Within a class"] == "1"  # now two copies in red
+    # The unlabelled copy: deleted from the pool (its tile is the second of its pair).
+    pair_key = path_key("lbl_dup", f"{root / 'blue' / 'img_2.png'}|{root / 'unlabelled' / 'again.png'}")
+    at.button(key=f"{pair_key}_b_del").click().run()
+    ok(at)
+    assert not (root / "unlabelled" / "again.png").exists() and labeling.trash_items(root)
+    assert {m.label: m.value for m in at.metric}["Unlabelled copies"] == "0"
 
 
 def test_suggestions_sort_and_accept_all(workspace, demo_run):

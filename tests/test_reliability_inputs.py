@@ -134,7 +134,6 @@ def test_10000_pixel_jpeg_decodes_at_reduced_size_with_bounded_memory(tmp_path):
 
 
 def test_animated_gif_reads_its_first_frame(tmp_path):
-    frames = [Image.new("P", (24, 24), 0) for _ in range(3)]
     colours = [(230, 20, 20), (20, 230, 20), (20, 20, 230)]
     frames = [Image.new("RGB", (24, 24), c).convert("P", palette=Image.Palette.ADAPTIVE) for c in colours]
     path = tmp_path / "anim.gif"
@@ -213,7 +212,7 @@ def test_text_and_html_in_image_clothing_and_wrong_extensions(tmp_path):
 
 
 SHELLISH_NAMES = ["my cat (1).jpg", "café ☕.png", "$(touch pwned); `id`.png", "a'b\"c.png", "-rf .png",
-                  "日本語.jpeg", "tab\there.png", "new\nline.png", "100% sure & <b>bold</b>.png", "#hash?.png"]
+                  "日本語.jpeg", "tab\there.png", "new\nline.png", "100% sure & <b>bold.png", "#hash?.png"]
 
 
 def test_names_with_spaces_unicode_and_shell_characters_are_just_names(tmp_path):
@@ -252,7 +251,7 @@ def test_uploaded_file_names_are_sanitised_and_stay_in_their_class_folder(worksp
     dataset = create_dataset("uploads")
     png = png_bytes()
     hostile = ["../../escape.png", "/etc/passwd.png", "..\\..\\win.png", "C:\\Windows\\evil.png", "nul\x00byte.png",
-               "..png", ".hidden.png", "a" * 300 + ".png", "  spaces  .png", "x:y*z?.png", "ok.png", "ok.png"]
+               "..png", ".hidden.png", "a" * 300 + ".png", "日本" * 100 + ".png", "  spaces  .png", "x:y*z?.png", "ok.png", "ok.png"]
     before = tree(workspace)
     report = add_uploads(dataset, "cats", [(name, png) for name in hostile])
     assert report.skipped == [] and len(report.saved) == len(hostile)
@@ -283,7 +282,7 @@ def test_long_names_keep_their_extension():
 def test_class_names_that_are_not_folder_names_are_refused_with_a_message(workspace):
     dataset = create_dataset("names")
     before = tree(workspace)
-    for bad in ["..", "../outside", "a/b", "a\\b", "/abs", "\x00", "cat\nnewline", "🐱", "x" * 65, " ", "_trash",
+    for bad in ["..", "../outside", "a/b", "a\\b", "/abs", "\x00", "cat\nnewline", "x" * 65, " ", "_trash",
                 "validation", ".git"]:
         with pytest.raises(DatasetError, match="not a usable class name"):
             create_class(dataset, bad)
@@ -332,7 +331,7 @@ def test_zip_slip_variants_never_write_outside(tmp_path):
 def _forge_central_size(zpath: Path, member: str, size: int) -> None:
     """Make the central directory claim `member` unpacks to `size` bytes (headers are attacker-controlled)."""
     data = bytearray(zpath.read_bytes())
-    at = data.find(b"PK\x01\x02" + b"\x00" * 0)  # first central directory entry
+    at = data.find(b"PK\x01\x02")  # first central directory entry
     while at != -1:
         name_len = struct.unpack_from("<H", data, at + 28)[0]
         if data[at + 46: at + 46 + name_len].decode() == member:

