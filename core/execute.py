@@ -11,8 +11,9 @@ import traceback
 from contextlib import contextmanager
 from typing import Iterator, TextIO
 
+from core import fsutil
 from core.runs import Run, _process_start_time
-from core.workspace import workspace_root
+from core.workspace import features_dir, workspace_root
 
 
 @contextmanager
@@ -57,6 +58,8 @@ def execute_run(run: Run, terminal: TextIO | None = None) -> dict:
     reporter = Reporter(run, terminal=terminal)
     try:
         with training_slot(run):
+            # Only runs write the feature cache, and they take turns: what a killed one left half-written is stale.
+            fsutil.remove_temp_files(features_dir())
             run.update_status(state="running", started_at=time.time(), error=None)
             metrics = train(run.config(), run.path, reporter)
         state = "stopped" if run.stop_requested() else "done"

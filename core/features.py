@@ -68,7 +68,7 @@ class FeatureCache:
                   f"without caching", file=sys.stderr, flush=True)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.dir.rglob("*.npy")) if self.dir.exists() else 0
+        return sum(1 for p in self.dir.rglob("*.npy") if not p.name.startswith(".")) if self.dir.exists() else 0
 
 
 @dataclass

@@ -35,6 +35,17 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def remove_temp_files(folder: str | Path) -> int:
+    """Delete the temporary files `atomic_path` left under `folder` when its writer was killed (kill -9, power
+    loss) between creating and renaming them. Call it only where no writer is active. Returns how many."""
+    removed = 0
+    for path in Path(folder).rglob(".*.tmp*"):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)

@@ -104,6 +104,7 @@ class Run:
                 status = self.update_status(state="failed", finished_at=time.time(),
                                             error="The training process ended unexpectedly (it was killed or "
                                                   "crashed). Nothing of this run was saved as a model.")
+                fsutil.remove_temp_files(self.path)  # what the dead process was writing, never renamed in
         return status
 
     def history(self) -> pd.DataFrame:

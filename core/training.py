@@ -16,7 +16,7 @@ import numpy as np
 
 from core import fsutil
 from core.augment import build_augmenter
-from core.backbones import get_backbone, set_top_block_trainable
+from core.backbones import build_feature_extractor, get_backbone, set_top_block_trainable
 from core.config import TrainConfig
 from core.datasets import Dataset, Item, scan_dataset
 from core.evaluate import compute_metrics, predictions_frame, two_column
@@ -219,7 +219,9 @@ def finetune(cfg: TrainConfig, ds: Dataset, splits: dict[str, SplitData], head: 
              stats: dict) -> keras.Model:
     """Unfreeze the backbone's top block and train it with the head: SGD(lr, momentum 0.9), augmentation on."""
     spec = get_backbone(cfg.backbone)
-    extractor, _ = cached_extractor(cfg.backbone)
+    # A fresh copy: fine-tuning the process-wide cached extractor would change the features (and cache entries)
+    # and exported models of every later run in this process.
+    extractor = build_feature_extractor(cfg.backbone)
     n_trainable = set_top_block_trainable(extractor, cfg.backbone)
     reporter.log(f"fine-tuning {n_trainable:,} parameters of {cfg.backbone}'s top block and the head")
     classifier = build_image_classifier(extractor, head)

@@ -10,12 +10,14 @@ import pandas as pd
 import streamlit as st
 
 from core.runs import Run, list_runs
-from ui.common import dataset_label
+from ui.common import dataset_label, md
+from ui.frame import require_frame
 from ui.prediction_views import (ALL, SORTS, WRONG_CSS, cell_from_selection, clickable_confusion, confusion_from,
                                  export_check_sentence, filter_predictions, per_class_table, predict_uploads,
                                  prepare_predictions, square_thumb)
 from ui.state import init_state
 
+require_frame(__file__)
 init_state()
 st.title("Predictions")
 st.caption("What a finished training learned: how often it is right, which photos it confuses, and what it says "
@@ -34,7 +36,7 @@ wanted = st.session_state.get("run_id")
 if st.session_state.get("pred_run") not in by_id:
     st.session_state["pred_run"] = wanted if wanted in by_id else ids[0]  # list_runs: newest first
 if wanted and wanted not in by_id:
-    st.caption(f"Run `{wanted}` has no model (yet): showing the newest finished run instead.")
+    st.caption(f"Run {md(wanted)} has no model (yet): showing the newest finished run instead.")
 
 
 def run_title(run_id: str) -> str:
@@ -52,7 +54,7 @@ metrics = run.metrics() or {}
 config = run.config_dict()
 classes = metrics.get("classes") or run.labels()
 train = config.get("train", {})
-st.caption(f"Dataset **{dataset_label(train.get('data', '?'))}** · mode **{train.get('mode', '?')}** · "
+st.caption(f"Dataset **{md(dataset_label(train.get('data', '?')))}** · mode **{train.get('mode', '?')}** · "
            f"backbone **{metrics.get('backbone') or '—'}** · {metrics.get('n_train', '?')} training images · "
            f"trained {datetime.fromtimestamp(config.get('created_at', 0)):%Y-%m-%d %H:%M}")
 
@@ -74,7 +76,7 @@ getattr(st, kind)(sentence)
 try:
     frame = run.predictions()
 except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
-    st.error(f"predictions.csv of this run cannot be read: {exc}")
+    st.error(f"predictions.csv of this run cannot be read: {md(exc)}")
     frame = None
 if frame is None or frame.empty or not classes:
     st.warning("This run saved no predictions (predictions.csv is missing), so there is nothing to show below.")
@@ -128,7 +130,7 @@ with right:
                 if i != j and matrix[i][j]]
     if mistakes:
         worst = sorted(mistakes, key=lambda m: -m[2])[:3]
-        st.caption("Most confused: " + "; ".join(f"{t} taken for {s} ({n}×)" for t, s, n in worst))
+        st.caption("Most confused: " + "; ".join(f"{md(t)} taken for {md(s)} ({n}×)" for t, s, n in worst))
     else:
         st.caption("No mistakes on these photos.")
 
@@ -172,10 +174,10 @@ else:
                     st.image(data, width="stretch")
                 mark = ":green[:material/check_circle:]" if item["correct"] else ":red[:material/cancel:]"
                 sure = "" if pd.isna(item["confidence"]) else f"{item['confidence']:.0%} sure"
-                st.markdown(f"{mark} **{item['predicted']}**  \n{sure}")
+                st.markdown(f"{mark} **{md(item['predicted'])}**  \n{sure}")
                 if not item["correct"]:
-                    st.markdown(f":red[true: **{item['label']}**]")
-                st.caption(Path(item["path"]).name)
+                    st.markdown(f":red[true: **{md(item['label'])}**]")
+                st.caption(md(Path(item["path"]).name))
 st.caption("A photo filed under the wrong class, or one that does not belong? Fix it on the Label page, then "
            "train again: only changed photos are processed anew.")
 st.page_link("pages/2_label.py", label="Fix labels", icon=":material/label:")
@@ -200,11 +202,11 @@ if uploads:
                 result = predict_uploads(model_path, list(classes), uploads) | {"key": cache_key}
             st.session_state["pred_new"] = result
         except ExportError as exc:
-            st.error(f"The model of this run could not be loaded: {exc}")
+            st.error(f"The model of this run could not be loaded: {md(exc)}")
             result = None
     if result:
         for note in result["notes"][:10]:
-            st.caption(f"Left out: {note}")
+            st.caption(f"Left out: {md(note)}")
         table = result["table"]
         per_row = 5
         for start in range(0, min(len(table), 60), per_row):
@@ -213,13 +215,13 @@ if uploads:
                     if result["thumbs"][index]:
                         st.image(result["thumbs"][index], width="stretch")
                     if pd.isna(item["predicted"]):
-                        st.markdown(f":orange[:material/warning:] *unreadable*: {item['problem']}")
+                        st.markdown(f":orange[:material/warning:] *unreadable*: {md(item['problem'])}")
                     else:
-                        st.markdown(f"**{item['predicted']}** · {item['confidence']:.0%}")
+                        st.markdown(f"**{md(item['predicted'])}** · {item['confidence']:.0%}")
                         probs = sorted(((c, item[f"p_{c}"]) for c in classes), key=lambda cp: -cp[1])[:3]
                         for name, p in probs:
-                            st.progress(float(p), text=f"{name} {p:.0%}")
-                    st.caption(item["file"])
+                            st.progress(float(p), text=f"{md(name)} {p:.0%}")
+                    st.caption(md(item["file"]))
         if len(table) > 60:
             st.caption(f"The first 60 of {len(table)} are shown; the table below has them all.")
         st.dataframe(table, key="pred_new_table", hide_index=True, column_config={
@@ -263,4 +265,4 @@ with d4:
                 export_tflite(model_path, tflite)
             st.rerun()
         except ExportError as exc:
-            st.error(f"The conversion failed: {exc}")
+            st.error(f"The conversion failed: {md(exc)}")

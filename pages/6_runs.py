@@ -5,8 +5,11 @@ import streamlit as st
 
 from core.charts import overlay_figure
 from core.runs import ACTIVE_STATES, RunError, delete_run, get_run, runs_table
+from ui.common import md
+from ui.frame import require_frame
 from ui.state import init_state
 
+require_frame(__file__)
 init_state()
 st.title("Runs")
 st.caption("Every training you started, newest first. Tick runs in the table to compare their learning curves, "
@@ -83,9 +86,9 @@ def do_delete(run_id: str) -> None:
     try:
         delete_run(get_run(run_id))
     except (RunError, OSError) as exc:
-        st.session_state["runs_flash"] = ("error", f"Not deleted: {exc}")
+        st.session_state["runs_flash"] = ("error", f"Not deleted: {md(exc)}")
         return
-    st.session_state["runs_flash"] = ("success", f"Run `{run_id}` deleted.")
+    st.session_state["runs_flash"] = ("success", f"Run {md(run_id)} deleted.")
     st.session_state[TABLE_KEY] = {"selection": {"rows": [], "columns": []}}  # row numbers shift after a delete
 
 
@@ -95,10 +98,10 @@ for _, row in selected.iterrows():
     try:
         run = get_run(run_id)
     except RunError as exc:  # deleted in another tab since the table was read
-        st.warning(str(exc))
+        st.warning(md(exc))
         continue
     with st.container(border=True):
-        st.markdown(f"**{label(row)}** · `{run_id}` · {row['status']}")
+        st.markdown(f"**{md(label(row))}** · {md(run_id)} · {row['status']}")
         c1, c2, c3 = st.columns(3)
         if c1.button("Show predictions", key=f"runs_show_{run_id}", icon=":material/grid_view:",
                      disabled=not run.has_model(),
@@ -111,14 +114,14 @@ for _, row in selected.iterrows():
         c3.button("Delete…", key=f"runs_delete_{run_id}", icon=":material/delete:", on_click=ask_delete,
                   args=(run_id,), help="Removes the run's folder: its model, curves and predictions.")
         if st.session_state.get("runs_confirm_delete") == run_id:
-            st.warning(f"Delete run `{run_id}` and its model for good? This cannot be undone.")
+            st.warning(f"Delete run {md(run_id)} and its model for good? This cannot be undone.")
             y, n = st.columns(2)
             y.button("Yes, delete it", key=f"runs_delete_yes_{run_id}", type="primary", on_click=do_delete,
                      args=(run_id,))
             n.button("Cancel", key=f"runs_delete_no_{run_id}", on_click=ask_delete, args=(None,))
         status = run.status()
         if status.get("error"):
-            st.error(f"This run failed: {status['error']}")
+            st.error(f"This run failed: {md(status['error'])}")
         with st.expander("Settings (config.json)"):
             st.caption("Everything needed to repeat this run: the settings and the library versions.")
             st.json(run.config_dict(), expanded=2)

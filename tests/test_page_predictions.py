@@ -3,6 +3,7 @@ predicting uploaded photos and a zip, TFLite export; plus the pure helpers behin
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -32,7 +33,8 @@ def n_images(at: AppTest) -> int:
 
 
 def texts(at: AppTest) -> str:
-    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption])
+    """The page's markdown and captions as shown (class and file names are escaped for markdown)."""
+    return re.sub(r"\\(.)", r"\1", "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption]))
 
 
 @pytest.fixture
