@@ -12,6 +12,7 @@ import streamlit as st
 from core.runs import Run, list_runs
 from ui.common import dataset_label, md
 from ui.frame import require_frame
+from ui.labeling_views import fix_controls, retrain_button
 from ui.prediction_views import (ALL, SORTS, WRONG_CSS, cell_from_selection, clickable_confusion, confusion_from,
                                  export_check_sentence, filter_predictions, per_class_table, predict_uploads,
                                  prepare_predictions, square_thumb)
@@ -152,6 +153,8 @@ sort = f4.selectbox("Order", list(SORTS), key="pred_sort")
 page_size = f5.selectbox("Per page", [12, 24, 48, 96], index=1, key="pred_page_size")
 
 shown = filter_predictions(frame, split, true, said, outcome, sort)
+cell_chosen = true != ALL and said != ALL
+dataset_root = Path(train.get("data", "."))
 n_pages = max(1, math.ceil(len(shown) / page_size))
 wrong_total = int((~rows["correct"]).sum())
 st.caption(f"{len(shown)} of {len(rows)} photos ({wrong_total} wrong in this split).")
@@ -178,9 +181,15 @@ else:
                 if not item["correct"]:
                     st.markdown(f":red[true: **{md(item['label'])}**]")
                 st.caption(md(Path(item["path"]).name))
-st.caption("A photo filed under the wrong class, or one that does not belong? Fix it on the Label page, then "
-           "train again: only changed photos are processed anew.")
-st.page_link("pages/2_label.py", label="Fix labels", icon=":material/label:")
+                # Fix right here: wrong predictions, and every photo of a chosen confusion cell.
+                if data is not None and (not item["correct"] or cell_chosen):
+                    fix_controls(dataset_root, Path(item["path"]), classes, key=f"fix_{run_id}_{item.name}")
+st.caption("A photo filed under the wrong class, or one that does not belong? Fix it above (or on the Label "
+           "page), then retrain: only changed photos are processed anew, so it takes seconds.")
+r1, r2 = st.columns([1, 3])
+with r1:
+    retrain_button(run, key="pred_retrain")
+r2.page_link("pages/2_label.py", label="More labelling tools (undo, trash, duplicates)", icon=":material/label:")
 
 # ------------------------------------------------------------------------------------------- new images
 st.subheader("Try it on new photos")

@@ -190,3 +190,43 @@ def test_tflite_is_offered_only_when_it_matches_the_model(run_copy):
     os.utime(tflite, (keras_mtime + 60, keras_mtime + 60))
     at.run()
     assert "pred_dl_tflite" in {b.key for b in at.get("download_button")}
+
+
+def test_fix_a_photo_from_a_confusion_cell_then_retrain(run_copy, demo_run):
+    """Issue 4.3: a confusion cell's photo is relabelled right in the grid, then Retrain reuses cached features."""
+    import json
+    import time
+
+    from core.runs import get_run, list_runs
+
+    ws = run_copy.parent.parent
+    shutil.copytree(demo_run.parent.parent / "cache", ws / "cache")  # the demo's cached features come along
+    first = prepare_predictions(pd.read_csv(run_copy / "predictions.csv"))
+    true_class = first[first["split"] == "val"]["label"].iloc[0]
+    at = predictions_page(pred_true=true_class, pred_said=true_class)
+    copy_buttons = [b for b in at.button if b.key and b.key.endswith("_copy")]
+    assert copy_buttons, "each photo of a chosen cell offers a fix (the demo first needs an editable copy)"
+    copy_buttons[0].click().run()
+    assert not at.exception
+    selects = [s for s in at.selectbox if s.key and s.key.startswith("fix_") and s.key.endswith("_class")]
+    assert selects
+    other = next(c for c in selects[0].options if c != true_class)
+    selects[0].set_value(other).run()
+    move = next(b for b in at.button if b.key == selects[0].key.replace("_class", "_move"))
+    move.click().run()
+    assert not at.exception
+    copies = [p for p in (ws / "datasets").iterdir() if p.is_dir()]
+    assert len(copies) == 1
+    assert len(list((copies[0] / other).glob("*"))) == len(list((DEMO / other).glob("*"))) + 1
+
+    at.button(key="pred_retrain").click().run()
+    assert not at.exception
+    new_id = at.session_state["pred_retrain_started"]
+    new = get_run(new_id)
+    deadline = time.time() + 240
+    while new.status()["state"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(1)
+    assert new.status()["state"] == "done", new.log_tail()
+    metrics = json.loads(new.file("metrics.json").read_text())
+    assert metrics["n_extracted"] == 0  # a moved photo keeps its content: nothing re-extracted
+    assert new.config().data == str(copies[0]) and len(list_runs()) == 2
