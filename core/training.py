@@ -154,8 +154,15 @@ def train_bottleneck_head(cfg: TrainConfig, ds: Dataset, splits: dict[str, Split
     stats["n_extracted"] += result.n_extracted
     feats, offset = {}, 0
     for s in ("train", "val", "test"):
-        feats[s] = result.features[offset:offset + len(splits[s])]
-        offset += len(splits[s])
+        n = len(splits[s])
+        ok = result.ok[offset:offset + n]
+        # A file that became unreadable after the scan (moved, truncated mid-run) is left out, not learned
+        # from as an all-zero feature vector.
+        feats[s] = result.features[offset:offset + n][ok]
+        splits[s] = SplitData([it for it, keep in zip(splits[s].items, ok) if keep], splits[s].y[ok])
+        offset += n
+    for path, reason in result.failed:
+        reporter.log(f"skipped {path}: {reason}")
     x_train, y_train = feats["train"], splits["train"].y
     if cfg.augment_copies and cfg.augment.enabled and not cfg.augment.is_identity():
         for copy in range(1, cfg.augment_copies + 1):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -71,8 +72,21 @@ summary += [("Validation photos", metrics.get("n_val", "—"), None),
             ("Training time", f"{seconds:.0f} s" if seconds else "—", "From start to saved model.")]
 for col, (title, value, explanation) in zip(st.columns(len(summary)), summary):
     col.metric(title, value, help=explanation)
-kind, sentence = export_check_sentence(metrics.get("export_check"))
-getattr(st, kind)(sentence)
+
+
+def export_check_note(run: Run) -> None:
+    """The export check runs in the training process just after the run is marked done: poll until it lands."""
+    check = (run.metrics() or {}).get("export_check")
+    finished = run.status().get("finished_at") or 0
+    if check is None and metrics.get("n_val") and time.time() - finished < 120:
+        st.info("Checking the saved model file against the app's predictions… (a few seconds)")
+        return
+    kind, sentence = export_check_sentence(check)
+    getattr(st, kind)(sentence)
+
+
+pending = metrics.get("export_check") is None and metrics.get("n_val")
+st.fragment(export_check_note, run_every="2s" if pending else None)(run)
 
 try:
     frame = run.predictions()

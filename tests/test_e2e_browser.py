@@ -20,7 +20,8 @@ from conftest import PROJECT_ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUTPUT = PROJECT_ROOT / "test-output" / "e2e"
-PAGES = ["dataset", "label", "augmentation", "training", "predictions", "runs"]
+PAGES = {"dataset": "Dataset", "label": "Label", "augmentation": "Augmentation preview", "training": "Training",
+         "predictions": "Predictions", "runs": "Runs"}
 
 pytestmark = pytest.mark.e2e
 
@@ -77,11 +78,16 @@ def page(server):
         browser.close()
 
 
-def wait_idle(page, timeout: float = 120_000) -> None:
-    """Wait until Streamlit has finished running the script (its status widget disappears)."""
-    page.wait_for_selector("[data-testid='stApp']", timeout=timeout)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
-    page.wait_for_timeout(500)
+def wait_idle(page, title: str | None = None, timeout: float = 120_000) -> None:
+    """Wait until the page shows its title (inside the app frame: the sidebar says Few-Shot Studio) and Streamlit
+    has finished running the script (its status widget is gone for a while)."""
+    page.wait_for_selector("[data-testid='stSidebar'] >> text=Few-Shot Studio", timeout=timeout)
+    if title:
+        page.wait_for_selector(f"h1:has-text('{title}')", timeout=timeout)
+    for _ in range(2):  # twice: a page may rerun once right after its first run
+        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                               timeout=timeout)
+        page.wait_for_timeout(700)
 
 
 def assert_no_exception(page) -> None:
@@ -90,13 +96,13 @@ def assert_no_exception(page) -> None:
 
 def test_every_page_renders(server, page):
     url, _ = server
-    for name in PAGES:
+    for name, title in PAGES.items():
         page.goto(f"{url}/{name}")
-        wait_idle(page)
+        wait_idle(page, title)
         assert_no_exception(page)
         page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
     page.goto(f"{url}/dataset")
-    wait_idle(page)
+    wait_idle(page, "Dataset")
     body = page.inner_text("body")
     for cls in ("fish", "monuments", "renewable_energy", "tools"):
         assert cls in body
@@ -105,7 +111,7 @@ def test_every_page_renders(server, page):
 def test_train_from_the_browser_and_see_predictions(server, page):
     url, ws = server
     page.goto(f"{url}/training")
-    wait_idle(page)
+    wait_idle(page, "Training")
     page.get_by_role("button", name="Start training").click()
     # The run is its own process; the page polls it every second until it finishes.
     page.wait_for_selector("text=Finished", timeout=300_000)
@@ -115,7 +121,7 @@ def test_train_from_the_browser_and_see_predictions(server, page):
     page.screenshot(path=str(OUTPUT / "training-done.png"), full_page=True)
 
     page.goto(f"{url}/predictions")
-    wait_idle(page)
+    wait_idle(page, "Predictions")
     assert_no_exception(page)
     grid_images = page.locator("[data-testid='stImage'] img, [data-testid='stFullScreenFrame'] img")
     assert grid_images.count() >= 10
@@ -125,7 +131,7 @@ def test_train_from_the_browser_and_see_predictions(server, page):
     page.screenshot(path=str(OUTPUT / "predictions-grid.png"), full_page=True)
 
     page.goto(f"{url}/runs")
-    wait_idle(page)
+    wait_idle(page, "Runs")
     assert_no_exception(page)
     page.screenshot(path=str(OUTPUT / "runs-after.png"), full_page=True)
     runs = list((ws / "runs").iterdir())
