@@ -22,7 +22,7 @@ from core.datasets import Dataset, Item, scan_dataset
 from core.evaluate import compute_metrics, predictions_frame, two_column
 from core.export import check_export, save_model
 from core.head_training import HeadFitConfig, fit_head
-from core.features import StopRequested, cached_extractor, extract_features, image_dataset
+from core.features import StopRequested, cached_extractor, extract_features, image_dataset, prefetch_extractor
 from core.models import (build_export_model, build_head, build_image_classifier, build_scratch_body, is_binary,
                          loss_for, with_augmentation)
 from core.reporting import Reporter
@@ -179,6 +179,8 @@ def train_bottleneck_head(cfg: TrainConfig, ds: Dataset, splits: dict[str, Split
     keras.utils.set_random_seed(cfg.seed)
     n_classes = len(ds.classes)
     head = build_head(spec.feature_dim, n_classes, cfg.dense_units, cfg.dropout)
+    if cfg.mode == "bottleneck":  # the head's random draws are done: build the export's extractor meanwhile
+        prefetch_extractor(cfg.backbone)
     has_val = len(splits["val"]) > 0
     weights = class_weights(y_train, n_classes) if cfg.class_weights == "balanced" else None
     reporter.phase("bottleneck", f"bottleneck: epoch 1 of {cfg.epochs}")
@@ -305,13 +307,12 @@ def train(cfg: TrainConfig, run_path: Path, reporter: Reporter) -> dict:
             head = load_head_from_run(Path(cfg.from_run), cfg, ds.classes)
         else:
             head, probs = train_bottleneck_head(cfg, ds, splits, reporter, stats)
-        extractor, _ = cached_extractor(cfg.backbone)
         if cfg.mode == "finetune" and not reporter.should_stop() and cfg.finetune_epochs:
             head.save_weights(run_path / "head_bottleneck.weights.h5")
             body = finetune(cfg, ds, splits, head, reporter, stats)
             probs = {}
         else:
-            body = build_image_classifier(extractor, head)
+            body = build_image_classifier(cached_extractor(cfg.backbone)[0], head)
     if reporter.should_stop() and not reporter.history:
         raise StopRequested()
 

@@ -12,7 +12,7 @@ from core.charts import class_counts_figure
 from core.datasets import DatasetError, dataset_warnings, detect_layout
 from core.importing import add_uploads, create_class, create_dataset, dataset_name, import_zip, list_datasets
 from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed
-from ui.common import dataset_label, load_dataset
+from ui.common import dataset_label, load_dataset, unsaved_uploads
 from ui.dataset_views import IMAGE_TYPES, class_folders, flash, md, show_flash, synced, thumbnail_grid
 from ui.state import dataset_path, init_state, set_dataset
 from ui.frame import require_frame
@@ -66,9 +66,11 @@ def _create_class() -> None:
 def _save_photos(uploader_key: str) -> None:
     """Save the dropped photos at once (uploads only live until the next rerun), then reset the uploader."""
     st.session_state["ds_bring"] = True
-    files = st.session_state.get(uploader_key) or []
     class_name = st.session_state.get("ds_upload_class")
-    if not files or not class_name:
+    if not class_name:
+        return
+    files = unsaved_uploads(st.session_state.get(uploader_key))
+    if not files:
         return
     try:
         report = add_uploads(dataset_path(), class_name, [(f.name, f.getvalue()) for f in files])

@@ -17,7 +17,7 @@ from core.datasets import DatasetError, Item
 from core.labeling import LabelingError
 from core.runs import Run, list_runs
 from ui import labeling_views as lv
-from ui.common import dataset_label, load_dataset, md, thumb
+from ui.common import dataset_label, load_dataset, md, thumb, unsaved_uploads
 from ui.dataset_views import IMAGE_TYPES, flash, show_flash, synced
 from ui.frame import require_frame
 from ui.state import dataset_path, init_state, set_dataset
@@ -84,7 +84,9 @@ right.button("Undo", key="lbl_undo", icon=":material/undo:", shortcut="U", on_cl
 
 # ---------------------------------------------------------------------------------------------- uploads
 def save_uploads(key: str) -> None:
-    files = st.session_state.get(key) or []
+    files = unsaved_uploads(st.session_state.get(key))
+    if not files:
+        return
     try:
         report = labeling.add_unlabelled_uploads(root, [(f.name, f.getvalue()) for f in files])
     except (LabelingError, OSError) as exc:

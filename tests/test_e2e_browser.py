@@ -136,3 +136,49 @@ def test_train_from_the_browser_and_see_predictions(server, page):
     page.screenshot(path=str(OUTPUT / "runs-after.png"), full_page=True)
     runs = list((ws / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "model.keras").exists()
+
+
+def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path):
+    """Issue 4 in the browser: copy the demo, upload unlabelled photos, accept the model's suggestions, retrain."""
+    import json
+
+    from PIL import Image, ImageOps
+
+    url, ws = server
+    page.goto(f"{url}/label")
+    wait_idle(page, "Label")
+    page.locator(".st-key-lbl_make_copy button").click()
+    wait_idle(page, "Label")
+    assert_no_exception(page)
+    # Three new photos (mirrored demo tools: new content, so the retrain extracts exactly these three).
+    new = []
+    for i, src in enumerate(sorted((PROJECT_ROOT / "data" / "demo" / "tools").glob("*.jpg"))[:3]):
+        path = tmp_path / f"new photo {i}.jpg"
+        ImageOps.mirror(Image.open(src).convert("RGB")).save(path, quality=92)
+        new.append(str(path))
+    page.locator(".st-key-lbl_upload_0 input[type=file]").set_input_files(new)
+    page.wait_for_selector("text=Added 3 photos", timeout=60_000)
+    wait_idle(page, "Label")
+    page.screenshot(path=str(OUTPUT / "label-suggestions.png"), full_page=True)
+    page.locator(".st-key-lbl_accept button").click()
+    page.wait_for_function("() => document.body.innerText.includes('tools: 42')", timeout=60_000)
+    wait_idle(page, "Label")
+    assert_no_exception(page)
+    copy = next(p for p in (ws / "datasets").iterdir() if p.is_dir())
+    left = list((copy / "unlabelled").glob("*.jpg")) if (copy / "unlabelled").exists() else []
+    assert not left, (left, list(copy.iterdir()))
+    assert len(list((copy / "tools").glob("new photo*.jpg"))) == 3  # the model said "tools" for all three
+    page.screenshot(path=str(OUTPUT / "label-after-accept.png"), full_page=True)
+
+    page.get_by_role("button", name="Retrain with my fixes").click()
+    wait_idle(page, "Label")
+    page.goto(f"{url}/training")
+    wait_idle(page, "Training")
+    page.wait_for_selector("text=Finished", timeout=300_000)
+    runs = sorted((ws / "runs").iterdir())
+    assert len(runs) == 2
+    metrics = json.loads((runs[-1] / "metrics.json").read_text())
+    assert metrics["n_extracted"] == 3 and metrics["n_train"] + metrics["n_val"] == 125
+    page.goto(f"{url}/runs")
+    wait_idle(page, "Runs")
+    assert_no_exception(page)

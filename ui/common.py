@@ -98,3 +98,16 @@ def dataset_label(path: str | Path) -> str:
 def show_exception(prefix: str, exc: Exception) -> None:
     """A readable message for an expected error; anything else too, with its type, never a raw traceback."""
     st.error(f"{prefix}: {md(exc)}")
+
+
+def unsaved_uploads(files: list | None) -> list:
+    """The uploaded files not saved yet in this session.
+
+    A browser uploading several files can report the same files to a widget's on_change more than once (seen in
+    Chromium: every photo saved twice). Each UploadedFile has a unique file_id; remembering the saved ones makes
+    saving idempotent.
+    """
+    saved: set = st.session_state.setdefault("_saved_upload_ids", set())
+    fresh = [f for f in files or [] if f.file_id not in saved]
+    saved.update(f.file_id for f in fresh)
+    return fresh
