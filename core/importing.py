@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,9 +81,8 @@ def save_image_bytes(folder: Path, filename: str, data: bytes) -> Path:
     return target
 
 
-def add_uploads(dataset: Path, class_name: str, files: list[tuple[str, bytes]]) -> ImportReport:
-    """Save (filename, bytes) uploads into a class folder of `dataset` (created if new)."""
-    folder = create_class(dataset, class_name)
+def save_uploads(folder: Path, files: Iterable[tuple[str, bytes]]) -> ImportReport:
+    """Save (filename, bytes) uploads into `folder`; unreadable files are skipped with their reason."""
     report = ImportReport()
     for name, data in files:
         try:
@@ -90,6 +90,11 @@ def add_uploads(dataset: Path, class_name: str, files: list[tuple[str, bytes]]) 
         except images.ImageError as exc:
             report.skipped.append((name, str(exc)))
     return report
+
+
+def add_uploads(dataset: Path, class_name: str, files: list[tuple[str, bytes]]) -> ImportReport:
+    """Save (filename, bytes) uploads into a class folder of `dataset` (created if new)."""
+    return save_uploads(create_class(dataset, class_name), files)
 
 
 def import_zip(zip_file: Path, name: str) -> tuple[Path, list[str]]:

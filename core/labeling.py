@@ -37,7 +37,7 @@ import pandas as pd
 from core import fsutil, images
 from core.datasets import (RESERVED_FOLDERS, SPLIT_FOLDER_NAMES, DatasetError, Skipped, detect_layout,
                            scan_class_folder, validate_class_name)
-from core.importing import ImportReport, dataset_name, list_datasets, save_image_bytes, unique_path
+from core.importing import ImportReport, dataset_name, list_datasets, save_uploads, unique_path
 from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed
 
 try:  # advisory lock between processes (and between threads: each open() is its own lock owner)
@@ -239,13 +239,7 @@ def add_unlabelled_uploads(dataset: str | Path, files: Iterable[tuple[str, bytes
     root = editable_root(dataset)
     pool = pool_folder(root)
     pool.mkdir(exist_ok=True)
-    report = ImportReport()
-    for name, data in files:
-        try:
-            report.saved.append(save_image_bytes(pool, name, data))
-        except images.ImageError as exc:
-            report.skipped.append((name, str(exc)))
-    return report
+    return save_uploads(pool, files)
 
 
 def make_editable_copy(source: str | Path, name: str) -> Path:

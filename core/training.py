@@ -98,8 +98,10 @@ def _round(value) -> float | None:
     return None if value is None else round(float(value), 5)
 
 
-def _fit(model: keras.Model, x, y, validation, cfg: TrainConfig, reporter: Reporter, stage: str, epochs: int,
-         steps: int, weights: dict | None, batch_size: int | None) -> RunCallback:
+def _fit(model: keras.Model, train: tf.data.Dataset, validation: tf.data.Dataset | None, cfg: TrainConfig,
+         reporter: Reporter, stage: str, epochs: int, steps: int, weights: dict | None) -> RunCallback:
+    """`model.fit` with the run's callbacks: progress and history to the run folder, stop requests, and early
+    stopping that restores the best weights."""
     callback = RunCallback(reporter, stage, epochs, steps, epoch_offset=len(reporter.history))
     callbacks: list = [callback]
     if cfg.early_stopping and epochs > 1:
@@ -107,9 +109,9 @@ def _fit(model: keras.Model, x, y, validation, cfg: TrainConfig, reporter: Repor
             monitor="val_loss" if validation is not None else "loss", patience=cfg.patience,
             restore_best_weights=True))
     reporter.phase(stage, f"{stage}: epoch 1 of {epochs}")
-    model.fit(x, y, validation_data=validation, epochs=epochs, batch_size=batch_size, class_weight=weights,
-              callbacks=callbacks, verbose=0,
-              shuffle=isinstance(x, np.ndarray))  # datasets arrive shuffled
+    # The datasets arrive shuffled (a bounded buffer), so fit's own shuffle is off.
+    model.fit(train, validation_data=validation, epochs=epochs, class_weight=weights, callbacks=callbacks,
+              verbose=0, shuffle=False)
     return callback
 
 
@@ -238,22 +240,27 @@ def finetune(cfg: TrainConfig, ds: Dataset, splits: dict[str, SplitData], head: 
     n_classes = len(ds.classes)
     model.compile(optimizer=keras.optimizers.SGD(cfg.finetune_lr, momentum=0.9), loss=loss_for(n_classes),
                   metrics=["accuracy"])
-    train = labelled_images(splits["train"], spec.input_size, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    train = train.map(lambda x, y: (x, _tf_targets(y, n_classes)))
-    val = None
-    if len(splits["val"]):
-        val = labelled_images(splits["val"], spec.input_size, cfg.batch_size, shuffle=False, seed=cfg.seed)
-        val = val.map(lambda x, y: (x, _tf_targets(y, n_classes)))
-    weights = class_weights(splits["train"].y, n_classes) if cfg.class_weights == "balanced" else None
-    steps = int(np.ceil(len(splits["train"]) / cfg.batch_size))
-    started = time.perf_counter()
-    _fit(model, train, None, val, cfg, reporter, "finetune", cfg.finetune_epochs, steps, weights, None)
-    stats["train_seconds"] += time.perf_counter() - started
+    _fit_on_images(model, cfg, splits, spec.input_size, n_classes, reporter, "finetune", cfg.finetune_epochs, stats)
     return classifier
 
 
 def _tf_targets(y, n_classes: int):
     return tf.cast(y, tf.float32) if is_binary(n_classes) else y
+
+
+def _fit_on_images(model: keras.Model, cfg: TrainConfig, splits: dict[str, SplitData], size: int, n_classes: int,
+                   reporter: Reporter, stage: str, epochs: int, stats: dict) -> None:
+    """Fit an end-to-end image model (scratch, fine-tune) on images streamed from disk."""
+    def batches(split: str, shuffle: bool) -> tf.data.Dataset:
+        ds = labelled_images(splits[split], size, cfg.batch_size, shuffle=shuffle, seed=cfg.seed)
+        return ds.map(lambda x, y: (x, _tf_targets(y, n_classes)))
+
+    val = batches("val", shuffle=False) if len(splits["val"]) else None
+    weights = class_weights(splits["train"].y, n_classes) if cfg.class_weights == "balanced" else None
+    steps = int(np.ceil(len(splits["train"]) / cfg.batch_size))
+    started = time.perf_counter()
+    _fit(model, batches("train", shuffle=True), val, cfg, reporter, stage, epochs, steps, weights)
+    stats["train_seconds"] += time.perf_counter() - started
 
 
 def train_scratch(cfg: TrainConfig, ds: Dataset, splits: dict[str, SplitData], reporter: Reporter,
@@ -264,17 +271,7 @@ def train_scratch(cfg: TrainConfig, ds: Dataset, splits: dict[str, SplitData], r
     body = build_scratch_body(size, n_classes, cfg.dropout)
     model = with_augmentation(body, build_augmenter(cfg.augment, seed=cfg.seed))
     model.compile(optimizer=keras.optimizers.Adam(cfg.lr), loss=loss_for(n_classes), metrics=["accuracy"])
-    train = labelled_images(splits["train"], size, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    train = train.map(lambda x, y: (x, _tf_targets(y, n_classes)))
-    val = None
-    if len(splits["val"]):
-        val = labelled_images(splits["val"], size, cfg.batch_size, shuffle=False, seed=cfg.seed)
-        val = val.map(lambda x, y: (x, _tf_targets(y, n_classes)))
-    weights = class_weights(splits["train"].y, n_classes) if cfg.class_weights == "balanced" else None
-    steps = int(np.ceil(len(splits["train"]) / cfg.batch_size))
-    started = time.perf_counter()
-    _fit(model, train, None, val, cfg, reporter, "scratch", cfg.epochs, steps, weights, None)
-    stats["train_seconds"] += time.perf_counter() - started
+    _fit_on_images(model, cfg, splits, size, n_classes, reporter, "scratch", cfg.epochs, stats)
     return body
 
 

@@ -73,3 +73,41 @@ def demo_run(tmp_path_factory) -> Path:
         else:
             os.environ["FEWSHOT_WORKSPACE"] = old
     return run.path
+
+
+def wait_for(predicate, timeout: float = 300, interval: float = 0.1):
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out waiting")
+
+
+def open_app_page(page: str, timeout: float = 180, **state):
+    """An AppTest of app.py switched to `page` ("pages/…py"), with `state` seeded into session_state."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=timeout)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.fixture
+def run_copy(demo_run, tmp_path, monkeypatch) -> Path:
+    """A private copy of the demo run in its own workspace: tests that change files never touch the shared one."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(demo_run, ws / "runs" / demo_run.name)
+    monkeypatch.setenv("FEWSHOT_WORKSPACE", str(ws))
+    return ws / "runs" / demo_run.name

@@ -7,21 +7,10 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from conftest import DEMO, PROJECT_ROOT, make_dataset, make_image
+from conftest import DEMO, PROJECT_ROOT, make_dataset, make_image, open_app_page
 
 PAGE = "pages/1_dataset.py"
 DEMO_CLASSES = {"fish", "monuments", "renewable_energy", "tools"}
-
-
-def open_page(dataset: Path | None = None) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
-    if dataset is not None:
-        at.session_state["dataset"] = str(dataset)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def counts_table(at: AppTest):
@@ -181,3 +170,7 @@ def test_split_layout_says_the_folders_decide(workspace):
     assert any("the folders decide" in m.value for m in at.markdown)
     assert not [s for s in at.slider if s.key == "ds_val_split"]
     assert counts_table(at)["val"].tolist() == [2, 2, 2]
+
+
+def open_page(dataset: Path | None = None):
+    return open_app_page(PAGE, timeout=120, **({"dataset": str(dataset)} if dataset is not None else {}))

@@ -9,24 +9,13 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from conftest import DEMO, PROJECT_ROOT, make_dataset, make_image
+from conftest import DEMO, PROJECT_ROOT, make_dataset, make_image, open_app_page
 from core import labeling
 from core.runs import get_run, process_alive
 from test_duplicates import scene
 from ui.labeling_views import NEW_CLASS, path_key
 
 PAGE = "pages/2_label.py"
-
-
-def open_page(dataset: Path | None = None) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
-    if dataset is not None:
-        at.session_state["dataset"] = str(dataset)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def ok(at: AppTest) -> AppTest:
@@ -231,3 +220,7 @@ def test_fix_controls_copy_the_demo_then_move_and_delete_in_the_copy(workspace):
     labeling.undo(copy)
     at.run()
     assert at.button(key="fix0_move").disabled  # back in tools, where the selector points
+
+
+def open_page(dataset: Path | None = None):
+    return open_app_page(PAGE, timeout=120, **({"dataset": str(dataset)} if dataset is not None else {}))

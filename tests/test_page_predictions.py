@@ -43,15 +43,6 @@ def demo_ws(demo_run, monkeypatch) -> Path:
     return demo_run
 
 
-@pytest.fixture
-def run_copy(demo_run, tmp_path, monkeypatch) -> Path:
-    """A private copy of the demo run (tests that change files must never touch the shared one)."""
-    ws = tmp_path / "ws"
-    shutil.copytree(demo_run, ws / "runs" / demo_run.name)
-    monkeypatch.setenv("FEWSHOT_WORKSPACE", str(ws))
-    return ws / "runs" / demo_run.name
-
-
 def test_empty_workspace_explains_to_train_first(workspace):
     at = predictions_page()
     assert any("No finished training" in i.value for i in at.info)

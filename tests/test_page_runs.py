@@ -41,15 +41,6 @@ def array(value) -> np.ndarray:
     return np.asarray(value)
 
 
-@pytest.fixture
-def run_copy(demo_run, tmp_path, monkeypatch) -> Path:
-    """A private copy of the demo run: deleting it must never touch the shared fixture."""
-    ws = tmp_path / "ws"
-    shutil.copytree(demo_run, ws / "runs" / demo_run.name)
-    monkeypatch.setenv("FEWSHOT_WORKSPACE", str(ws))
-    return ws / "runs" / demo_run.name
-
-
 def test_empty_workspace_says_no_runs_yet(workspace):
     at = runs_page()
     assert any("No runs yet" in i.value for i in at.info)

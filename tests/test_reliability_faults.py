@@ -20,22 +20,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_ROOT, make_dataset
+from conftest import PROJECT_ROOT, make_dataset, wait_for
 from core import fsutil
 from core.config import TrainConfig
 from core.runs import ACTIVE_STATES, create_run, list_runs, start_run_process
 
 FEATURE_DIM = 1280  # EfficientNet-Lite0
-
-
-def wait_for(predicate, timeout: float = 300, interval: float = 0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out waiting")
 
 
 def digest(root: Path) -> dict[str, str]:

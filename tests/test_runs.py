@@ -12,19 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, wait_for
 from core.config import TrainConfig
 from core.runs import create_run, get_run, list_runs, runs_table, start_run_process
-
-
-def wait_for(predicate, timeout: float = 240, interval: float = 0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out waiting")
 
 
 def _long_run(data: Path, **settings):

@@ -1,0 +1,68 @@
+"""The benchmark scripts still run (on a few generated images) and print their tables. No timing is asserted:
+the numbers live in BENCHMARKS.md."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PROJECT_ROOT
+
+BENCH = PROJECT_ROOT / "bench"
+TABLE_ROW = re.compile(r"^\|.*\|$", re.MULTILINE)
+
+
+def run_bench(script: str, *args: str, timeout: int = 300) -> str:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--tiny", *args], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "Machine:" in out and "cores" in out, out
+    assert "|---|" in out, out
+    return out
+
+
+def rows(out: str, containing: str) -> list[str]:
+    return [r for r in TABLE_ROW.findall(out) if containing in r]
+
+
+def test_extract_compares_every_system_and_reports_the_limit(workspace):
+    out = run_bench("extract.py")
+    for label in ("(a) recipe", "(b) image_dataset_from_directory", "this project, Keras engine",
+                  "this project as shipped"):
+        assert len(rows(out, label)) >= 2, (label, out)  # throughput table and roofline table
+    assert "GFLOP/s" in out and "fraction of limit" in out
+    assert rows(out, "efficientnet_lite0 | ") and "max abs diff" in out
+
+
+def test_train_times_a_bottleneck_run_and_a_retrain_after_relabelling(workspace):
+    out = run_bench("train.py", "--modes", "bottleneck", "relabel")
+    for cache in ("| cold |", "| warm |", "| first |", "| relabel 5 |"):
+        assert rows(out, cache), (cache, out)
+    relabel = rows(out, "| relabel 5 |")[0].split("|")
+    assert relabel[8].strip().startswith("0"), relabel  # no image went through the network again
+
+
+def test_augment_compares_cached_copies_with_plain_bottleneck(workspace):
+    out = run_bench("augment.py", "--no-finetune")
+    assert rows(out, "| bottleneck |") and rows(out, "| bottleneck K=1 |"), out
+
+
+def test_memory_reports_peak_memory_per_count(workspace):
+    out = run_bench("memory.py")
+    assert len(rows(out, "| tflite |")) == 2, out
+
+
+def test_ui_times_refresh_reads_while_a_run_trains(workspace):
+    out = run_bench("ui.py")
+    assert rows(out, "refresh reads (status + history)") and rows(out, "page run: Training"), out
+
+
+@pytest.mark.parametrize("script", ["extract.py", "train.py", "augment.py", "memory.py", "ui.py"])
+def test_scripts_document_how_to_run_them(script):
+    text = (BENCH / script).read_text()
+    assert f".venv/bin/python bench/{script}" in text
