@@ -143,8 +143,9 @@ def live_view(run: Run, polling: bool) -> None:
     history = run.history()
     started = status.get("started_at") or status.get("created_at") or time.time()
     ended = status.get("finished_at") or time.time()
-    header = {"queued": "⏳ Waiting", "running": "🏃 Training", "done": "✅ Finished", "failed": "❌ Failed",
-              "stopped": "⏹️ Stopped"}.get(state, state)
+    header = {"queued": ":material/hourglass_top: Waiting", "running": ":material/directions_run: Training",
+              "done": ":green[:material/check_circle:] Finished", "failed": ":red[:material/error:] Failed",
+              "stopped": ":material/stop_circle: Stopped"}.get(state, state)
     st.subheader(f"{header}: {run.id}")
     if state in ACTIVE_STATES:
         st.progress(float(status.get("progress") or 0.0),
@@ -182,13 +183,26 @@ def live_view(run: Run, polling: bool) -> None:
         st.caption("The charts appear when the first epoch ends.")
 
 
-result = settings_form()
-if result:
-    start(*result)
-
-run = watched_run()
-if run is not None:
-    st.divider()
+def show_run(run: Run) -> None:
     active = run.status().get("state") in ACTIVE_STATES
     # Poll the run folder every second while it trains; a finished run is drawn once.
     st.fragment(live_view, run_every="1s" if active else None)(run, active)
+
+
+# A training in progress comes first (someone demoing wants the curves on screen); otherwise the settings do.
+run = watched_run()
+if run is not None and run.status().get("state") in ACTIVE_STATES:
+    show_run(run)
+    st.divider()
+    with st.expander("Start another training (it waits until this one ends)"):
+        result = settings_form()
+else:
+    result = settings_form()
+if result:
+    start(*result)
+    run = watched_run()
+    if run is not None:
+        st.rerun()  # redraw with the new run on top
+if run is not None and run.status().get("state") not in ACTIVE_STATES:
+    st.divider()
+    show_run(run)
