@@ -27,6 +27,34 @@ if table.empty:
     st.page_link("pages/4_training.py", label="Go to Training", icon=":material/model_training:")
     st.stop()
 
+
+
+def retrain_comparison(table) -> None:
+    """Before/after for the newest retrain ("Retrain with my fixes" names its run "retrain of <source>")."""
+    retrains = table[table["name"].fillna("").str.startswith("retrain of ") & (table["status"] == "done")]
+    if retrains.empty:
+        return
+    after = retrains.iloc[0]
+    source_id = after["name"].removeprefix("retrain of ").strip()
+    before_rows = table[table["run"] == source_id]
+    if before_rows.empty:
+        return
+    before = before_rows.iloc[0]
+    with st.container(border=True):
+        st.markdown(f"**Your last fix-and-retrain:** `{md(source_id)}` → `{md(after['run'])}`")
+        c1, c2, c3 = st.columns(3)
+        acc_b, acc_a = before["val_accuracy"], after["val_accuracy"]
+        if acc_a is not None and acc_b is not None:
+            c1.metric("Validation accuracy", f"{acc_a:.1%}", delta=f"{(acc_a - acc_b) * 100:+.1f} points",
+                      help="Before → after. The validation photos can change a little when photos are relabelled.")
+        metrics = get_run(after["run"]).metrics() or {}
+        c2.metric("Photos processed anew", metrics.get("n_extracted", "—"),
+                  help="Photos whose features were not in the cache (new or changed content).")
+        if after["seconds"] is not None:
+            c3.metric("Retrain time", f"{after['seconds']:.0f} s")
+
+
+retrain_comparison(table)
 table["mode"] = table["mode"].fillna("?")
 event = st.dataframe(
     table, key=TABLE_KEY, on_select="rerun", selection_mode="multi-row", hide_index=True,

@@ -108,3 +108,20 @@ def test_a_running_run_is_not_deleted(run_copy):
     assert not at.exception, at.exception
     assert run_copy.exists()
     assert any("still running" in e.value for e in at.error)
+
+
+def test_a_retrain_is_shown_before_and_after(run_copy):
+    """Issue 4.3: after "Retrain with my fixes", the Runs page compares the retrain with the run it fixed."""
+    after = run_copy.parent / "29990101-000000-bottleneck-ffff"  # newer than the source
+    shutil.copytree(run_copy, after)
+    config = json.loads((after / "config.json").read_text())
+    config["name"] = f"retrain of {run_copy.name}"
+    (after / "config.json").write_text(json.dumps(config))
+    metrics = json.loads((after / "metrics.json").read_text())
+    metrics.update(val_accuracy=metrics["val_accuracy"] - 0.04, n_extracted=3)
+    (after / "metrics.json").write_text(json.dumps(metrics))
+    at = runs_page()
+    assert any("last fix-and-retrain" in m.value and run_copy.name in m.value for m in at.markdown)
+    accuracy = next(m for m in at.metric if m.label == "Validation accuracy")
+    assert accuracy.delta == "-4.0 points"
+    assert next(m for m in at.metric if m.label == "Photos processed anew").value == "3"
