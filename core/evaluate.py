@@ -63,9 +63,9 @@ def predictions_frame(paths: Sequence[Path | str], y_true: Sequence[int] | None,
         "margin": np.round(top - second, 6),
     })
     frame["correct"] = frame["label"] == frame["predicted"] if y_true is not None else None
-    for i, name in enumerate(classes):
-        frame[f"p_{name}"] = np.round(probs[:, i], 6) if len(probs) else []
-    return frame
+    per_class = pd.DataFrame({f"p_{name}": np.round(probs[:, i], 6) if len(probs) else []
+                              for i, name in enumerate(classes)}, index=frame.index)
+    return pd.concat([frame, per_class], axis=1)  # one concat: 100 classes would fragment 100 inserts
 
 
 def misclassified(frame: pd.DataFrame) -> pd.DataFrame:
