@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEMO, TUXPAINT, machine_line, make_tiny_dataset, print_section, run_worker, spread, table  # noqa: E402
+from common import (DEMO, TUXPAINT, machine_line, make_tiny_dataset, print_section, run_worker, spread,  # noqa: E402
+                    table)
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"  # its worker runs execute_run in a fresh process
 

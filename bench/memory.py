@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (default_datasets, emit, image_files, machine_line, make_scaled_dataset,  # noqa: E402
-                    make_tiny_dataset, peak_rss_mib, print_section, rss_mib, run_worker, spread, table)
+from common import (default_datasets, emit, machine_line, make_scaled_dataset, make_tiny_dataset,  # noqa: E402
+                    peak_rss_mib, print_section, rss_mib, run_worker, spread, table)
 
 SCRIPT = Path(__file__).resolve()
 ENGINE_ENV = {"tflite": {"FEWSHOT_FAST_EXTRACT": "1"}, "keras": {"FEWSHOT_FAST_EXTRACT": "0"}}

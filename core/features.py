@@ -9,6 +9,7 @@ Misses go through the TFLite copy of the backbone where one is ready (`core.fast
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -134,8 +135,13 @@ def image_dataset(paths: Sequence[Path], size: int, batch_size: int) -> "tf.data
                                                    antialias=True), 0.0, 255.0)
         return resized, tf.reshape(ok, [])
 
+    # No tf.data autotuning: its model thread sleeps in doubling periods (up to seconds), and finishing an
+    # iterator waits for it, so a pass over the images often ended with a 2.6 or 5 s stall (BENCHMARKS.md).
+    options = tf.data.Options()
+    options.autotune.enabled = False
     ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).prefetch(2)
+    return (ds.map(load, num_parallel_calls=os.cpu_count() or 2, deterministic=True).batch(batch_size).prefetch(2)
+            .with_options(options))
 
 
 def augmented_key(content_key: str, augment: AugmentConfig, copy: int) -> str:
