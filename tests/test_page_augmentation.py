@@ -5,7 +5,7 @@ import json
 
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_ROOT, make_image
+from conftest import PROJECT_ROOT, make_image, open_app_page
 from core.augment import AugmentConfig
 
 PAGE = "pages/3_augmentation.py"
@@ -13,14 +13,7 @@ N = 8  # the page's default number of samples
 
 
 def open_page(**state) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return open_app_page(PAGE, timeout=120, **state)
 
 
 def previews(at: AppTest) -> list[tuple[str, list[str]]]:

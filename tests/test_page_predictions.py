@@ -12,20 +12,13 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import DEMO, PROJECT_ROOT
+from conftest import DEMO, PROJECT_ROOT, open_app_page
 from ui.prediction_views import ALL, cell_from_selection, clickable_confusion, confusion_from, filter_predictions, \
     prepare_predictions
 
 
 def predictions_page(**state) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    at.switch_page("pages/5_predictions.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return open_app_page("pages/5_predictions.py", **state)
 
 
 def n_images(at: AppTest) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_ROOT, make_dataset, wait_for
+from conftest import PROJECT_ROOT, make_dataset, open_app_page, wait_for
 from core import fsutil
 from core.config import TrainConfig
 from core.runs import ACTIVE_STATES, create_run, list_runs, start_run_process
@@ -59,14 +59,7 @@ def finished(run) -> dict | None:
 
 
 def training_page(dataset: Path | None = None) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)
-    if dataset is not None:
-        at.session_state["dataset"] = str(dataset)
-    at.run()
-    at.switch_page("pages/4_training.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return open_app_page("pages/4_training.py", **({"dataset": str(dataset)} if dataset is not None else {}))
 
 
 def headers(at: AppTest) -> str:
