@@ -13,6 +13,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -128,15 +129,24 @@ def print_section(title: str, body: str) -> None:
 # ----------------------------------------------------------------------------------------------- workers
 
 def run_worker(script: Path, payload: dict, env: dict | None = None, timeout: float = 1800) -> dict:
-    """Run `script --worker JSON` in a fresh Python process; it prints one JSON line starting with RESULT."""
+    """Run `script --worker @PAYLOAD.json` in a fresh Python process; it prints one JSON line starting with
+    RESULT (see `read_payload` and `emit`)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    proc = subprocess.run([sys.executable, str(script), "--worker", json.dumps(payload)], cwd=PROJECT_ROOT,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="fewshot-bench-payload-") as fh:
+        json.dump(payload, fh)  # a file, not argv: thousands of paths exceed the argument-length limit
+        fh.flush()
+        proc = subprocess.run([sys.executable, str(script), "--worker", "@" + fh.name], cwd=PROJECT_ROOT,
+                              env=full_env, capture_output=True, text=True, timeout=timeout)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     raise RuntimeError(f"worker {script.name} {payload} failed (exit {proc.returncode}):\n"
                        f"{proc.stderr[-3000:]}\n{proc.stdout[-1000:]}")
+
+
+def read_payload(arg: str) -> dict:
+    """A worker's `--worker` argument: JSON, or @FILE holding it."""
+    return json.loads(Path(arg[1:]).read_text() if arg.startswith("@") else arg)
 
 
 def emit(result: dict) -> None:

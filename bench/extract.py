@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (Timer, default_datasets, emit, image_files, machine_line, make_tiny_dataset, median,  # noqa: E402
-                    print_section, run_worker, spread, table)
+from common import (Timer, default_datasets, emit, image_files, machine_line, make_tiny_dataset,  # noqa: E402
+                    median, print_section, read_payload, run_worker, spread, table)
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_THREADS = {"FEWSHOT_INTRA_THREADS": "0", "FEWSHOT_INTER_THREADS": "0"}  # 0 = TensorFlow's default
@@ -307,7 +307,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        emit(worker(json.loads(args.worker)))
+        emit(worker(read_payload(args.worker)))
         return
     n = 2048
     tmp = None

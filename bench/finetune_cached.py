@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DEMO, TUXPAINT, Timer, emit, machine_line, make_tiny_dataset, print_section,  # noqa: E402
-                    run_worker, spread, table)
+                    read_payload, run_worker, spread, table)
 
 SCRIPT = Path(__file__).resolve()
 TRAIN_SCRIPT = SCRIPT.parent / "train.py"
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        emit(worker(json.loads(args.worker)))
+        emit(worker(read_payload(args.worker)))
         return
     tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-ftcached-"))
     config: dict = {}
@@ -167,8 +167,8 @@ def main() -> None:
                            for k in rows[0]["cached"]["times"])
         print_section("Fine-tuning on cached activations (stretch)", machine_line() + (
             f"\n\nDataset: {data.name}; seeds {args.seeds}. Fine-tuning stage time: `finetune`'s fine-tune "
-            f"phase (its epochs, validation included) vs caching the lower part's activations (original + K copies + validation) and "
-            f"training on them. Cached run, all steps: {detail}; activations kept: "
+            f"phase (its epochs, validation included) vs caching the lower part's activations (original + K "
+            f"copies + validation) and training on them. Cached run, all steps: {detail}; activations kept: "
             f"{spread([r['cached']['activation_mib'] for r in rows], 0)} MiB.\n\n") + table(
                 ["configuration", "val accuracy", "vs finetune (paired)", "fine-tuning stage s",
                  "faster than finetune"], out))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (default_datasets, emit, machine_line, make_scaled_dataset, make_tiny_dataset,  # noqa: E402
-                    peak_rss_mib, print_section, rss_mib, run_worker, spread, table)
+                    peak_rss_mib, print_section, read_payload, rss_mib, run_worker, spread, table)
 
 SCRIPT = Path(__file__).resolve()
 ENGINE_ENV = {"tflite": {"FEWSHOT_FAST_EXTRACT": "1"}, "keras": {"FEWSHOT_FAST_EXTRACT": "0"}}
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        emit(worker(json.loads(args.worker)))
+        emit(worker(read_payload(args.worker)))
         return
     tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-memory-"))
     try:

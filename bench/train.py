@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEMO, IMAGE_SUFFIXES, default_datasets, emit, machine_line, make_tiny_dataset, median,  # noqa: E402
-                    print_section, run_worker, spread, table)
+from common import (DEMO, IMAGE_SUFFIXES, default_datasets, emit, machine_line, make_tiny_dataset,  # noqa: E402
+                    median, print_section, read_payload, run_worker, spread, table)
 
 SCRIPT = Path(__file__).resolve()
 PHASES = ("scanning", "extracting", "bottleneck", "scratch", "finetune", "evaluating", "saving")
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        emit(worker(json.loads(args.worker)))
+        emit(worker(read_payload(args.worker)))
         return
     tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-train-"))
     config: dict = {}
