@@ -116,8 +116,8 @@ def worker(payload: dict) -> dict:
         probs = model.predict(acts_val, verbose=0)
     times["train top + head"] = t.seconds
     predicted = (probs[:, 0] > 0.5).astype(int) if probs.shape[1] == 1 else probs.argmax(1)
-    return {"val_accuracy": float((predicted == y_val).mean()), "times": times, "n_trainable": n_trainable,
-            "activation_mib": acts.nbytes / 2**20}
+    return {"val_accuracy": round(float((predicted == y_val).mean()), 4),  # rounded like metrics.json's
+            "times": times, "n_trainable": n_trainable, "activation_mib": acts.nbytes / 2**20}
 
 
 def main() -> None:

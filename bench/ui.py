@@ -103,7 +103,7 @@ def measure(data: Path, seconds: float, rounds: int, use_server: bool, config: d
     from streamlit.testing.v1 import AppTest
 
     from core.config import TrainConfig
-    from core.runs import create_run, start_run_process
+    from core.runs import create_run, process_alive, start_run_process
 
     port = _free_port() if use_server else None
     server = start_server(port) if use_server else None
@@ -146,6 +146,9 @@ def measure(data: Path, seconds: float, rounds: int, use_server: bool, config: d
         deadline = time.time() + 120
         while run.status().get("state") in ("queued", "running") and time.time() < deadline:
             time.sleep(0.5)
+        status = run.status()  # the process still checks its export after stopping: let it end before cleanup
+        while process_alive(status.get("pid"), status.get("pid_start")) and time.time() < deadline:
+            time.sleep(0.2)
         return idle.times, busy.times, info
     finally:
         if server:

@@ -1,8 +1,8 @@
 """A faster frozen feature extractor: the same EfficientNet-Lite weights, run by TFLite's XNNPACK CPU kernels.
 
-TensorFlow's graph runtime reaches about a fifth of this kind of CPU's matrix-multiply rate on EfficientNet-Lite
+TensorFlow's graph runtime reaches a fifth to a third of a 2-core CPU's matrix-multiply rate on EfficientNet-Lite
 (depthwise convolutions are where it loses); XNNPACK, TFLite's default CPU engine for float models, runs the same
-network two to four times faster. See BENCHMARKS.md for the numbers.
+network over twice as fast (half to four fifths of that rate). See BENCHMARKS.md for the numbers.
 
 The Keras extractor stays the reference. Its graph (weights frozen in) is converted once per backbone, weights
 and TensorFlow version, checked against the Keras model on fixed test images, and cached as a `.tflite` beside
@@ -111,13 +111,13 @@ def convert(backbone: str) -> Conversion:
     # (which exports a SavedModel first): ~7 s instead of ~25 s on 2 cores.
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    forward = tf.function(lambda x: model(x, training=False))
+    forward = tf.function(lambda x: model([x], training=False))  # a list: the model's inputs are one
     concrete = forward.get_concrete_function(tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.float32))
     frozen = convert_variables_to_constants_v2(concrete)
     data = tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()
 
     images = check_images(spec.input_size)
-    expected = model(images, training=False).numpy()
+    expected = model([images], training=False).numpy()
     got = TFLiteExtractor(data).predict(images)
     max_diff = float(np.abs(got - expected).max())
     relative = max_diff / max(float(np.abs(expected).max()), 1e-12)

@@ -62,7 +62,13 @@ def test_ui_times_refresh_reads_while_a_run_trains(workspace):
     assert rows(out, "refresh reads (status + history)") and rows(out, "page run: Training"), out
 
 
-@pytest.mark.parametrize("script", ["extract.py", "train.py", "augment.py", "memory.py", "ui.py"])
+def test_finetune_cached_compares_with_the_apps_finetune(workspace):
+    out = run_bench("finetune_cached.py")
+    assert rows(out, "finetune (the app's mode)") and rows(out, "top block on cached activations"), out
+
+
+@pytest.mark.parametrize("script", ["extract.py", "train.py", "augment.py", "memory.py", "ui.py",
+                                    "finetune_cached.py"])
 def test_scripts_document_how_to_run_them(script):
     text = (BENCH / script).read_text()
     assert f".venv/bin/python bench/{script}" in text
