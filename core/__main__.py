@@ -4,6 +4,7 @@
     python -m core predict RUN_DIR PATH...        → CSV: path,label,confidence
     python -m core evaluate RUN_DIR DATA          → JSON: accuracy, per_class, confusion, classes
     python -m core export RUN_DIR --tflite        → RUN_DIR/model.tflite
+    python -m core export RUN_DIR --model-file    → RUN_DIR/model.keras written again from the trained head
     python -m core run RUN_DIR                    (used by the app: execute a prepared run folder)
     python -m core backbones                      list the feature extractors
 """
@@ -62,9 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", metavar="RUN_DIR")
     evaluate.add_argument("data", metavar="DATA")
 
-    export = sub.add_parser("export", help="write the run's model as TFLite")
+    export = sub.add_parser("export", help="write the run's model as TFLite (or its model.keras again)")
     export.add_argument("run", metavar="RUN_DIR")
     export.add_argument("--tflite", action="store_true", default=True)
+    export.add_argument("--model-file", action="store_true",
+                        help="write model.keras again from the run's trained head (a bottleneck run whose model "
+                             "file was not written: a full disk, a killed process)")
 
     run = sub.add_parser("run", help="execute a prepared run folder (what the app starts)")
     run.add_argument("run", metavar="RUN_DIR")
@@ -110,6 +114,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     status = execute_run(run, terminal=sys.stderr)
     if status["state"] == "failed":
         raise CliError(status.get("error") or "training failed")
+    if status.get("model_file") == "failed":
+        raise CliError(f"the results are in {run.path}, but model.keras could not be written: "
+                       f"{status.get('model_error')} (then: python -m core export {run.path} --model-file)")
     metrics = run.metrics() or {}
     summary = {k: metrics.get(k) for k in ("val_accuracy", "test_accuracy", "n_train", "n_val", "n_extracted",
                                            "extract_seconds", "train_seconds")}
@@ -182,6 +189,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from core.runs import get_run
 
     run = get_run(args.run)
+    if args.model_file:
+        from core.execute import write_run_model
+
+        status = write_run_model(run)
+        if status["model_file"] != "ready":
+            raise CliError(f"model.keras could not be written: {status.get('model_error')}")
+        print(run.file("model.keras"))
+        return 0
     out = export_tflite(run.file("model.keras"), run.file("model.tflite"))
     print(out)
     return 0

@@ -61,20 +61,41 @@ def execute_run(run: Run, terminal: TextIO | None = None) -> dict:
             # Only runs write the feature cache, and they take turns: what a killed one left half-written is stale.
             fsutil.remove_temp_files(features_dir())
             run.update_status(state="running", started_at=time.time(), error=None)
-            metrics = train(run.config(), run.path, reporter)
+            result = train(run.config(), run.path, reporter)
         state = "stopped" if run.stop_requested() else "done"
-        status = run.update_status(state=state, phase=state, progress=1.0, finished_at=time.time(),
-                                   message="finished" if state == "done" else
-                                   "stopped; the best model so far was saved",
-                                   val_accuracy=metrics.get("val_accuracy"))
+        # Done means the results are on disk: predictions, metrics and the trained weights. A bottleneck run's
+        # model.keras (frozen backbone + head) is assembled just after, so a retrain's results show sooner.
+        run.update_status(state=state, phase=state, progress=1.0, finished_at=time.time(),
+                          message="finished" if state == "done" else "stopped; the best model so far was saved",
+                          val_accuracy=result.metrics.get("val_accuracy"),
+                          model_file="writing" if result.model_pending else "ready")
+        if result.model_pending:
+            write_run_model(run)
         _verify(run, verify_export)
-        return status
+        return run.status()
     except (StopRequested, _StoppedWhileQueued):
         return run.update_status(state="stopped", phase="stopped", finished_at=time.time(),
                                  message="stopped before any training epoch; no model was saved")
     except Exception as exc:  # the run's outcome is recorded whatever went wrong
         traceback.print_exc(file=sys.stderr)
         return run.update_status(state="failed", phase="failed", finished_at=time.time(), error=friendly_error(exc))
+
+
+def write_run_model(run: Run) -> dict:
+    """Write a bottleneck run's model.keras from its trained head: right after the run is done, or again later
+    (the Predictions page's button, `python -m core export RUN --model-file`) when that failed. A failure (a full
+    disk) leaves the run's results as they are and says why in status.json. Returns the status."""
+    from core.training import write_model_file
+
+    try:
+        write_model_file(run.path)
+        return run.update_status(model_file="ready", model_error=None, model_written_at=time.time())
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        fsutil.remove_temp_files(run.path)
+        reason = ("The disk is full: free some space, then write the model file again. The run's results are kept."
+                  if isinstance(exc, OSError) and exc.errno == 28 else friendly_error(exc))
+        return run.update_status(model_file="failed", model_error=reason)
 
 
 def _verify(run: Run, verify) -> None:

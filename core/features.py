@@ -88,7 +88,7 @@ _extractor_lock = threading.Lock()
 
 def cached_extractor(backbone: str):
     """The frozen extractor and a compiled forward function; built once per process."""
-    with _extractor_lock:  # built once even while prefetch_extractor's thread is building it
+    with _extractor_lock:  # built once even when two threads (the app's sessions) ask at once
         return _build_extractor(backbone)
 
 
@@ -97,22 +97,6 @@ def _build_extractor(backbone: str):
     model = build_feature_extractor(backbone)
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     return model, forward
-
-
-def prefetch_extractor(backbone: str) -> None:
-    """Start building the Keras extractor in a background thread, so it is ready when the exported model is
-    assembled (with TFLite extracting the features, nothing else needs it). About a second of a quick retrain.
-
-    Building draws initializer seeds from Python's `random` (the weights are then loaded over them): start it only
-    once nothing that decides a result draws from `random` before `cached_extractor` is called.
-    """
-    def build() -> None:
-        try:
-            cached_extractor(backbone)
-        except Exception:  # the caller's own cached_extractor() builds again and raises the error where it belongs
-            pass
-
-    threading.Thread(target=build, name=f"prefetch-{backbone}", daemon=True).start()
 
 
 def _decode_for(size: int):

@@ -105,6 +105,13 @@ class Run:
                                             error="The training process ended unexpectedly (it was killed or "
                                                   "crashed). Nothing of this run was saved as a model.")
                 fsutil.remove_temp_files(self.path)  # what the dead process was writing, never renamed in
+        elif status.get("model_file") == "writing" and not process_alive(status.get("pid"), status.get("pid_start")):
+            status = fsutil.read_json(self.file("status.json"), status)
+            if status.get("model_file") == "writing" and not process_alive(status.get("pid"), status.get("pid_start")):
+                status = self.update_status(model_file="failed", model_error=(
+                    "The training process ended before it wrote the model file; the results are kept. "
+                    "Write it again from the Predictions page."))
+                fsutil.remove_temp_files(self.path)
         return status
 
     def history(self) -> pd.DataFrame:
@@ -127,7 +134,20 @@ class Run:
         return pd.read_csv(path) if path.exists() else None
 
     def has_model(self) -> bool:
+        """model.keras is on disk (it may follow the run's results by a second or so: see `model_file_state`)."""
         return self.file("model.keras").exists()
+
+    def has_results(self) -> bool:
+        """The run finished with results to look at: metrics.json is written last, after predictions and weights."""
+        return self.file("metrics.json").exists()
+
+    def model_file_state(self) -> str:
+        """'ready', 'writing' (assembled right after the run is done), 'failed' (see status 'model_error') or
+        'none' (no model: the run failed, or the file was deleted)."""
+        if self.has_model():
+            return "ready"
+        state = self.status().get("model_file")
+        return state if state in ("writing", "failed") else "none"
 
     def log_tail(self, n_chars: int = 4000) -> str:
         try:

@@ -22,7 +22,7 @@ from core.datasets import Dataset, Item, scan_dataset
 from core.evaluate import compute_metrics, predictions_frame, two_column
 from core.export import check_export, save_model
 from core.head_training import HeadFitConfig, fit_head
-from core.features import StopRequested, cached_extractor, extract_features, image_dataset, prefetch_extractor
+from core.features import StopRequested, cached_extractor, extract_features, image_dataset
 from core.models import (build_export_model, build_head, build_image_classifier, build_scratch_body, is_binary,
                          loss_for, with_augmentation)
 from core.reporting import Reporter
@@ -181,8 +181,6 @@ def train_bottleneck_head(cfg: TrainConfig, ds: Dataset, splits: dict[str, Split
     keras.utils.set_random_seed(cfg.seed)
     n_classes = len(ds.classes)
     head = build_head(spec.feature_dim, n_classes, cfg.dense_units, cfg.dropout)
-    if cfg.mode == "bottleneck":  # the head's random draws are done: build the export's extractor meanwhile
-        prefetch_extractor(cfg.backbone)
     has_val = len(splits["val"]) > 0
     weights = class_weights(y_train, n_classes) if cfg.class_weights == "balanced" else None
     reporter.phase("bottleneck", f"bottleneck: epoch 1 of {cfg.epochs}")
@@ -217,12 +215,14 @@ def load_head_from_run(run_dir: Path, cfg: TrainConfig, classes: list[str]) -> k
     if source.labels() != classes:
         raise TrainingError(f"--from {source.id} was trained on classes {source.labels()}, this dataset has "
                             f"{classes}. Retrain the bottleneck head first.")
-    weights = source.file("head.weights.h5")
-    if not weights.exists():
+    if not source.file("head.weights.h5").exists():
         raise TrainingError(f"--from {source.id} has no head.weights.h5 (did it finish?).")
-    spec = get_backbone(cfg.backbone)
-    head = build_head(spec.feature_dim, len(classes), src_cfg.dense_units, src_cfg.dropout)
-    head.load_weights(weights)
+    return _saved_head(source.path, src_cfg, len(classes))
+
+
+def _saved_head(run_path: Path, cfg: TrainConfig, n_classes: int) -> keras.Model:
+    head = build_head(get_backbone(cfg.backbone).feature_dim, n_classes, cfg.dense_units, cfg.dropout)
+    head.load_weights(run_path / "head.weights.h5")
     return head
 
 
@@ -278,8 +278,18 @@ def train_scratch(cfg: TrainConfig, ds: Dataset, splits: dict[str, SplitData], r
 # ------------------------------------------------------------------------------------------ the whole run
 
 
-def train(cfg: TrainConfig, run_path: Path, reporter: Reporter) -> dict:
-    """Train per `cfg`, writing model, labels, predictions and metrics into `run_path`. Returns the metrics."""
+@dataclass
+class TrainResult:
+    metrics: dict
+    # True when model.keras is left for `write_model_file`: the trained part of a bottleneck run is its head,
+    # saved (head.weights.h5) with the predictions before the run is reported done, so the user sees a retrain's
+    # results without waiting for the ~1.5 s it takes to build and save the whole backbone into model.keras.
+    model_pending: bool
+
+
+def train(cfg: TrainConfig, run_path: Path, reporter: Reporter) -> TrainResult:
+    """Train per `cfg`, writing predictions, metrics, labels, head weights and (unless `model_pending`) model.keras
+    into `run_path`."""
     t0 = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
     reporter.phase("scanning", "reading the dataset")
@@ -297,6 +307,7 @@ def train(cfg: TrainConfig, run_path: Path, reporter: Reporter) -> dict:
 
     probs: dict[str, np.ndarray] = {}
     head = None
+    body = None  # the trained image model; None while only the head was trained (the backbone stays frozen)
     if cfg.mode == "scratch":
         body = train_scratch(cfg, ds, splits, reporter, stats)
     else:
@@ -308,14 +319,14 @@ def train(cfg: TrainConfig, run_path: Path, reporter: Reporter) -> dict:
             head.save_weights(run_path / "head_bottleneck.weights.h5")
             body = finetune(cfg, ds, splits, head, reporter, stats)
             probs = {}
-        else:
-            body = build_image_classifier(cached_extractor(cfg.backbone)[0], head)
     if reporter.should_stop() and not reporter.history:
         raise StopRequested()
 
     reporter.phase("evaluating", "predicting the validation and test images")
     for s in ("val", "test"):
         if s not in probs:
+            if body is None:  # a head loaded --from another run: predict through the frozen backbone
+                body = build_image_classifier(cached_extractor(cfg.backbone)[0], head)
             probs[s] = predict_images(body, splits[s].paths, size) if len(splits[s]) else np.zeros((0, 1))
     frames = [predictions_frame(splits[s].paths, splits[s].y, probs[s], ds.classes, s)
               for s in ("val", "test") if len(splits[s])]
@@ -327,8 +338,9 @@ def train(cfg: TrainConfig, run_path: Path, reporter: Reporter) -> dict:
     test_metrics = compute_metrics(splits["test"].y, probs["test"], ds.classes) if len(splits["test"]) else None
 
     reporter.phase("saving", "saving the model")
-    export_model = build_export_model(body, size, n_classes)
-    save_model(export_model, run_path / "model.keras")
+    model_pending = body is None
+    if not model_pending:
+        save_model(build_export_model(body, size, n_classes), run_path / "model.keras")
     fsutil.atomic_write_json(run_path / "labels.json", ds.classes)
     if head is not None:
         with fsutil.atomic_path(run_path / "head.weights.h5", suffix=".weights.h5") as tmp:
@@ -351,8 +363,27 @@ def train(cfg: TrainConfig, run_path: Path, reporter: Reporter) -> dict:
         "export_check": None, "stopped_early_by_user": reporter.should_stop(),
         "phase_seconds": reporter.finish(),
     }
+    # Written last: a run folder with metrics.json has all its results (model.keras aside when pending).
     fsutil.atomic_write_json(run_path / "metrics.json", metrics)
-    return metrics
+    return TrainResult(metrics, model_pending)
+
+
+def write_model_file(run_path: Path) -> Path:
+    """Assemble and save model.keras for a run whose trained part is its head: the frozen backbone (the same
+    weights the features were extracted with) + head.weights.h5, end to end. Also repairs such a run whose
+    model file was never written (the process was killed meanwhile, the disk was full)."""
+    cfg = TrainConfig.from_dict(fsutil.read_json(run_path / "config.json", {})["train"])
+    classes = fsutil.read_json(run_path / "labels.json", []) or []
+    # A fine-tuned backbone lives only in the model.keras its run saved: the frozen one would not match its head.
+    if cfg.mode == "scratch" or (run_path / "head_bottleneck.weights.h5").exists() or not classes or \
+            not (run_path / "head.weights.h5").exists():
+        raise TrainingError(f"Run {run_path.name} has no trained head on a frozen backbone to build a model file "
+                            f"from; train it again.")
+    head = _saved_head(run_path, cfg, len(classes))
+    body = build_image_classifier(cached_extractor(cfg.backbone)[0], head)
+    target = run_path / "model.keras"
+    save_model(build_export_model(body, cfg.input_size(), len(classes)), target)
+    return target
 
 
 def verify_export(run_path: Path, max_images: int = 64) -> dict | None:

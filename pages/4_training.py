@@ -172,7 +172,7 @@ def live_view(run: Run, polling: bool) -> None:
                       help="Images whose features had to be computed; the rest came from the cache.")
         if state == "stopped":
             st.info(status.get("message") or "Stopped.")
-        if run.has_model():
+        if run.has_results():
             st.page_link("pages/5_predictions.py", label="See what the model got right and wrong",
                          icon=":material/grid_view:")
     if not history.empty:

@@ -15,8 +15,8 @@ from ui.common import dataset_label, md
 from ui.frame import require_frame
 from ui.labeling_views import fix_controls, retrain_button
 from ui.prediction_views import (ALL, SORTS, WRONG_CSS, cell_from_selection, clickable_confusion, confusion_from,
-                                 export_check_sentence, filter_predictions, per_class_table, predict_uploads,
-                                 prepare_predictions, square_thumb)
+                                 export_check_sentence, filter_predictions, model_file_ready, per_class_table,
+                                 predict_uploads, prepare_predictions, square_thumb)
 from ui.state import init_state
 
 require_frame(__file__)
@@ -26,7 +26,7 @@ st.caption("What a finished training learned: how often it is right, which photo
            "about photos it has never seen.")
 
 # ------------------------------------------------------------------------------------------- which run
-finished = [run for run in list_runs() if run.has_model()]
+finished = [run for run in list_runs() if run.has_results()]
 if not finished:
     st.info("No finished training yet. Train a model first; its results appear here.")
     st.page_link("pages/4_training.py", label="Go to Training", icon=":material/model_training:")
@@ -38,7 +38,7 @@ wanted = st.session_state.get("run_id")
 if st.session_state.get("pred_run") not in by_id:
     st.session_state["pred_run"] = wanted if wanted in by_id else ids[0]  # list_runs: newest first
 if wanted and wanted not in by_id:
-    st.caption(f"Run {md(wanted)} has no model (yet): showing the newest finished run instead.")
+    st.caption(f"Run {md(wanted)} has no results (yet): showing the newest finished run instead.")
 
 
 def run_title(run_id: str) -> str:
@@ -69,7 +69,8 @@ if test_acc is not None:
     summary.append(("Test accuracy", f"{test_acc:.1%}", "The same on the test photos, which were not even used to "
                                                          "decide when to stop training: the most honest estimate."))
 summary += [("Validation photos", metrics.get("n_val", "—"), None),
-            ("Training time", f"{seconds:.0f} s" if seconds else "—", "From start to saved model.")]
+            ("Training time", f"{seconds:.1f} s" if seconds else "—",
+             "From the start of the training to its results.")]
 for col, (title, value, explanation) in zip(st.columns(len(summary)), summary):
     col.metric(title, value, help=explanation)
 
@@ -208,12 +209,11 @@ r2.page_link("pages/2_label.py", label="More labelling tools (undo, trash, dupli
 # ------------------------------------------------------------------------------------------- new images
 st.subheader("Try it on new photos")
 st.caption("Drop photos (or a .zip of photos) the model has never seen. Nothing is added to your dataset.")
-uploads = st.file_uploader("Photos or a .zip", accept_multiple_files=True, key="pred_uploads",
-                           type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "zip"])
 model_path = run.file("model.keras")
-if not model_path.exists():  # deleted (e.g. from the Runs page in another tab) since this page was drawn
-    st.warning("This run's model file is gone; pick another run.")
-    st.stop()
+uploads = None
+if model_file_ready(run, key="pred_model_new"):
+    uploads = st.file_uploader("Photos or a .zip", accept_multiple_files=True, key="pred_uploads",
+                               type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "zip"])
 if uploads:
     cache_key = (str(model_path), model_path.stat().st_mtime_ns, tuple(u.file_id for u in uploads))
     result = st.session_state.get("pred_new")
@@ -264,28 +264,29 @@ d1, d2, d3, d4 = st.columns(4)
 d1.download_button("Predictions (CSV)", functools.partial(run.file("predictions.csv").read_bytes),
                    file_name=f"{run_id}-predictions.csv", mime="text/csv", key="pred_dl_csv",
                    icon=":material/table:", on_click="ignore", help="One line per validation/test photo.")
-d2.download_button("Model (model.keras)", functools.partial(model_path.read_bytes),
-                   file_name=f"{run_id}.keras", mime="application/octet-stream", key="pred_dl_model",
-                   icon=":material/neurology:", on_click="ignore",
-                   help=f"{model_path.stat().st_size / 1e6:.0f} MB")
 d3.download_button("Class names (labels.json)", functools.partial(run.file("labels.json").read_bytes),
                    file_name="labels.json", mime="application/json", key="pred_dl_labels",
                    icon=":material/label:", on_click="ignore")
-tflite = run.file("model.tflite")
-fresh = tflite.exists() and tflite.stat().st_mtime_ns >= model_path.stat().st_mtime_ns
-with d4:
-    if fresh:
-        st.download_button("TFLite (model.tflite)", functools.partial(tflite.read_bytes),
-                           file_name=f"{run_id}.tflite", mime="application/octet-stream", key="pred_dl_tflite",
-                           icon=":material/smartphone:", on_click="ignore",
-                           help="Fixed input: one square RGB image, float 0–255.")
-    elif st.button("Make a TFLite file", key="pred_make_tflite", icon=":material/smartphone:",
-                   help="Converts the model for phones and small devices (takes up to a minute)."):
-        from core.export import ExportError, export_tflite
+if model_path.exists():  # else the notice above says why it is not there (yet)
+    d2.download_button("Model (model.keras)", functools.partial(model_path.read_bytes),
+                       file_name=f"{run_id}.keras", mime="application/octet-stream", key="pred_dl_model",
+                       icon=":material/neurology:", on_click="ignore",
+                       help=f"{model_path.stat().st_size / 1e6:.0f} MB")
+    tflite = run.file("model.tflite")
+    fresh = tflite.exists() and tflite.stat().st_mtime_ns >= model_path.stat().st_mtime_ns
+    with d4:
+        if fresh:
+            st.download_button("TFLite (model.tflite)", functools.partial(tflite.read_bytes),
+                               file_name=f"{run_id}.tflite", mime="application/octet-stream", key="pred_dl_tflite",
+                               icon=":material/smartphone:", on_click="ignore",
+                               help="Fixed input: one square RGB image, float 0–255.")
+        elif st.button("Make a TFLite file", key="pred_make_tflite", icon=":material/smartphone:",
+                       help="Converts the model for phones and small devices (takes up to a minute)."):
+            from core.export import ExportError, export_tflite
 
-        try:
-            with st.spinner("Converting to TFLite…"):
-                export_tflite(model_path, tflite)
-            st.rerun()
-        except ExportError as exc:
-            st.error(f"The conversion failed: {md(exc)}")
+            try:
+                with st.spinner("Converting to TFLite…"):
+                    export_tflite(model_path, tflite)
+                st.rerun()
+            except ExportError as exc:
+                st.error(f"The conversion failed: {md(exc)}")

@@ -132,8 +132,9 @@ for _, row in selected.iterrows():
         st.markdown(f"**{md(label(row))}** · {md(run_id)} · {row['status']}")
         c1, c2, c3 = st.columns(3)
         if c1.button("Show predictions", key=f"runs_show_{run_id}", icon=":material/grid_view:",
-                     disabled=not run.has_model(),
-                     help="Open its confusion matrix and photos." if run.has_model() else "This run has no model."):
+                     disabled=not run.has_results(),
+                     help="Open its confusion matrix and photos." if run.has_results() else
+                     "This run has no results."):
             st.session_state["run_id"] = run_id
             st.session_state.pop("pred_run", None)
             st.switch_page("pages/5_predictions.py")

@@ -138,6 +138,42 @@ def export_check_sentence(check: dict | None) -> tuple[str, str]:
                        f"{n} validation images (probabilities differ by up to {diff:.2f}): retrain before using it.")
 
 
+# ------------------------------------------------------------------------------------------- the model file
+def model_file_ready(run, key: str) -> bool:
+    """True when the run's model.keras is on disk; otherwise says why (and what to do) and returns False.
+
+    A bottleneck run is done as soon as its results are saved; its model.keras (the whole network, ~20 MB) is
+    written a second or two later by the same process. Meanwhile a fragment polls and reruns the page once the file
+    is there. If writing it failed (a full disk, a killed process), a button writes it again from the saved head.
+    """
+    state = run.model_file_state()
+    if state == "ready":
+        return True
+    if state == "writing":
+        st.fragment(_wait_for_model_file, run_every="1s")(run)
+    elif state == "failed":
+        st.error(f"The model file could not be written: {run.status().get('model_error') or 'unknown reason'}")
+        if st.button("Write the model file again", key=f"{key}_rewrite", icon=":material/refresh:",
+                     help="Builds model.keras from this run's trained head and the frozen backbone."):
+            from core.execute import write_run_model  # loads TensorFlow
+
+            with st.spinner("Writing the model file…"):
+                status = write_run_model(run)
+            if status.get("model_file") == "ready":
+                st.rerun()
+            st.error(f"Still failing: {status.get('model_error')}")
+    else:
+        st.warning("This run's model file is gone (deleted, or never written); pick another run or train again.")
+    return False
+
+
+def _wait_for_model_file(run) -> None:
+    if run.model_file_state() != "writing":
+        st.rerun()  # the whole page: what needs the model can now be drawn (or the failure shown)
+    st.info("Writing the model file (the whole network, about 20 MB)… the results above are final.",
+            icon=":material/hourglass_top:")
+
+
 # ------------------------------------------------------------------------------------------- new images
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def cached_model(path: str, mtime_ns: int):
