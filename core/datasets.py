@@ -339,7 +339,8 @@ def safe_extract_zip(zip_path: Path, dest: Path, max_members: int = MAX_ZIP_MEMB
     """Extract a zip that nobody vouches for. Returns the notes on members it left out.
 
     Refused whole: not a zip, too many members, too many bytes once unpacked. Left out with a note: absolute or
-    `../` paths (zip-slip), symlinks, nested zips, litter. Extraction goes to a temporary folder renamed at the end,
+    `../` paths (zip-slip), symlinks, nested zips, litter. Kept under a free name, with a note: an entry whose name
+    another entry already has (nothing is overwritten). Extraction goes to a temporary folder renamed at the end,
     so a failure leaves nothing half-written at `dest`.
     """
     try:
@@ -390,7 +391,14 @@ def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, dest: Pat
     if member.compress_size and member.file_size / member.compress_size > MAX_ZIP_RATIO:
         return f"{member.filename}: compression ratio too high (zip bomb?), left out"
     target = dest.joinpath(*[safe_name(p) or "_" for p in parts])
-    target.parent.mkdir(parents=True, exist_ok=True)
+    note = None
+    if target.exists():  # a repeated entry, or names that differ only in characters safe_name replaced
+        target = _free_name(target)
+        note = f"{member.filename}: another entry has the same name; kept as {target.name}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a file entry and a folder entry with one name ("a" and "a/b.jpg")
+        return f"{member.filename}: its folder has the name of a file in the zip, left out"
     try:
         with archive.open(member) as src, open(target, "wb") as out:
             # Copy with a running byte count: the header's file_size can lie.
@@ -405,7 +413,15 @@ def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, dest: Pat
         # unsupported compression method: drop what was written of it and go on with the others.
         target.unlink(missing_ok=True)
         return f"{member.filename}: damaged or unsupported ({exc}), left out"
-    return None
+    return note
+
+
+def _free_name(path: Path) -> Path:
+    """`name (2).jpg`, `name (3).jpg`…: the first that is not taken."""
+    n = 2
+    while (candidate := path.with_name(f"{path.stem} ({n}){path.suffix}")).exists():
+        n += 1
+    return candidate
 
 
 # ---------------------------------------------------------------------------------------------- names

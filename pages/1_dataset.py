@@ -107,8 +107,9 @@ def _import_zip(uploader_key: str) -> None:
     st.session_state["ds_zip_name"] = ""
     flash("zip", "success", f"Imported **{md(root.name)}** and switched to it.")
     if notes:
-        flash("zip", "warning", f"{len(notes)} entr{'y was' if len(notes) == 1 else 'ies were'} left out of the zip:")
-        flash("zip", "table", [{"left out": note} for note in notes])
+        flash("zip", "warning", f"{len(notes)} entr{'y was' if len(notes) == 1 else 'ies were'} left out of the zip "
+                                f"or renamed:")
+        flash("zip", "table", [{"entry": note} for note in notes])
 
 
 # ---------------------------------------------------------------------------------------------- page

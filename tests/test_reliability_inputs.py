@@ -328,6 +328,27 @@ def test_zip_slip_variants_never_write_outside(tmp_path):
                                        "out/a/ünï cödé $(x).png"}
 
 
+def test_zip_entries_with_one_name_are_all_kept_and_a_file_folder_clash_is_noted(tmp_path):
+    import warnings
+
+    first, second, third = png_bytes(), png_bytes(color=(0, 255, 0)), png_bytes(color=(0, 0, 255))
+    zpath = tmp_path / "clash.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(zpath, "w") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name, which is the point
+        zf.writestr("cats/a?.png", first)   # safe_name turns "?" into "_": the same name as the next one
+        zf.writestr("cats/a_.png", second)
+        zf.writestr("cats/a_.png", third)   # a repeated entry
+        zf.writestr("dogs", b"not a folder")
+        zf.writestr("dogs/d.png", first)
+    notes = safe_extract_zip(zpath, tmp_path / "out")
+    cats = tmp_path / "out" / "cats"
+    assert sorted(p.name for p in cats.iterdir()) == ["a_ (2).png", "a_ (3).png", "a_.png"]
+    assert [(cats / n).read_bytes() for n in ("a_.png", "a_ (2).png", "a_ (3).png")] == [first, second, third]
+    assert sorted(notes) == ["cats/a_.png: another entry has the same name; kept as a_ (2).png",
+                             "cats/a_.png: another entry has the same name; kept as a_ (3).png",
+                             "dogs/d.png: its folder has the name of a file in the zip, left out"]
+
+
 def _forge_central_size(zpath: Path, member: str, size: int) -> None:
     """Make the central directory claim `member` unpacks to `size` bytes (headers are attacker-controlled)."""
     data = bytearray(zpath.read_bytes())
