@@ -54,8 +54,22 @@ def retrain_comparison(table) -> None:
             c3.metric("Retrain time", f"{after['seconds']:.0f} s")
 
 
+def keep_ticked_runs(run_ids: list[str]) -> None:
+    """The table's selection is by row position; a new run (a retrain, a training started in another tab) shifts
+    every row down. Tick the same runs again at their new positions, so nobody compares or deletes the wrong one."""
+    previous = st.session_state.get("runs_table_ids")
+    st.session_state["runs_table_ids"] = run_ids
+    state = st.session_state.get(TABLE_KEY)
+    if previous is None or previous == run_ids or not state:
+        return
+    ticked = [previous[i] for i in state["selection"]["rows"] if 0 <= i < len(previous)]
+    st.session_state[TABLE_KEY] = {"selection": {"rows": [run_ids.index(r) for r in ticked if r in run_ids],
+                                                 "columns": []}}
+
+
 retrain_comparison(table)
 table["mode"] = table["mode"].fillna("?")
+keep_ticked_runs(table["run"].tolist())
 event = st.dataframe(
     table, key=TABLE_KEY, on_select="rerun", selection_mode="multi-row", hide_index=True,
     column_order=["run", "name", "dataset", "mode", "backbone", "val_accuracy", "test_accuracy", "seconds",

@@ -69,6 +69,20 @@ def test_table_lists_the_run_and_selection_overlays_its_curves(demo_run, monkeyp
     assert at.get("json")  # the config in its expander
 
 
+def test_ticked_runs_stay_ticked_when_a_new_run_shifts_the_rows(run_copy):
+    older = run_copy.parent / "20000101-000000-bottleneck-0000"
+    shutil.copytree(run_copy, older)
+    at = select_rows(runs_page(), 1)
+    assert any(older.name in m.value and "bottleneck" in m.value for m in at.markdown)
+    newer = run_copy.parent / "20990101-000000-bottleneck-0000"  # a retrain: listed above the older run
+    shutil.copytree(run_copy, newer)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.dataframe(key="runs_table").value["run"].tolist() == [run_copy.name, newer.name, older.name]
+    assert at.session_state["runs_table"]["selection"]["rows"] == [2]  # still the older run, now third
+    assert [b.key for b in at.button if b.key.startswith("runs_show_")] == [f"runs_show_{older.name}"]
+
+
 def test_show_predictions_opens_that_run(run_copy):
     other = run_copy.parent / "20000101-000000-bottleneck-0000"  # an older run: not the default on Predictions
     shutil.copytree(run_copy, other)
