@@ -10,7 +10,6 @@ differences are paired by seed. Runs go through `core.execute.execute_run`, like
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -18,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEMO, TUXPAINT, machine_line, make_tiny_dataset, print_section, run_worker, spread,  # noqa: E402
-                    table)
+from common import (DEMO, TUXPAINT, bench_parser, machine_line, make_tiny_dataset, print_section,  # noqa: E402
+                    run_worker, spread, table)
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"  # its worker runs execute_run in a fresh process
 
@@ -70,13 +69,11 @@ def report(rows: list[dict], data: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "a few generated images, short training", worker=False)
     parser.add_argument("data", nargs="?", type=Path, help="dataset (default: tuxpaint-stamps, else the demo)")
     parser.add_argument("--copies", nargs="+", type=int, default=[2, 5, 10], help="values of K to try")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--no-finetune", action="store_true")
-    parser.add_argument("--tiny", action="store_true", help="a few generated images, short training (smoke test)")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-augment-"))
     base: dict = {}

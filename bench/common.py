@@ -7,6 +7,7 @@ median with the spread (min-max). On a shared or throttling machine absolute num
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -127,6 +129,25 @@ def print_section(title: str, body: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- workers
+
+def bench_parser(doc: str, tiny_help: str, worker: bool = True) -> argparse.ArgumentParser:
+    """A bench script's command line: its own options go on top of --tiny, --json and (for scripts that time
+    their systems in fresh processes) the internal --worker."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help=f"{tiny_help} (smoke test)")
+    parser.add_argument("--json", type=Path, help="also write the raw measurements here")
+    if worker:
+        parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def serve_worker(args: argparse.Namespace, worker: Callable[[dict], dict]) -> bool:
+    """In a worker process (`--worker PAYLOAD`): run `worker` on the payload and print its result. True if so."""
+    if not getattr(args, "worker", None):
+        return False
+    emit(worker(read_payload(args.worker)))
+    return True
+
 
 def run_worker(script: Path, payload: dict, env: dict | None = None, timeout: float = 1800) -> dict:
     """Run `script --worker @PAYLOAD.json` in a fresh Python process; it prints one JSON line starting with

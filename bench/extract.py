@@ -23,7 +23,6 @@ layers); the fraction of the limit is images/s x FLOPs/image / matmul FLOP/s.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -35,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (Timer, default_datasets, emit, image_files, machine_line, make_tiny_dataset,  # noqa: E402
-                    median, print_section, read_payload, run_worker, spread, table)
+from common import (bench_parser, default_datasets, image_files, machine_line, make_tiny_dataset,  # noqa: E402
+                    median, print_section, run_worker, serve_worker, spread, table, Timer)
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_THREADS = {"FEWSHOT_INTRA_THREADS": "0", "FEWSHOT_INTER_THREADS": "0"}  # 0 = TensorFlow's default
@@ -296,18 +295,14 @@ def _real_diffs(results: dict, backbone: str, datasets: list[Path]) -> tuple[flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "a few generated images, one round")
     parser.add_argument("datasets", nargs="*", type=Path, help="class-folder datasets (default: demo, tuxpaint)")
     parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "efficientnet_lite2"])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--tiny", action="store_true", help="a few generated images, one round (smoke test)")
-    parser.add_argument("--json", type=Path, help="also write the raw measurements here")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        emit(worker(read_payload(args.worker)))
+    if serve_worker(args, worker):
         return
     n = 2048
     tmp = None

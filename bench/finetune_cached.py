@@ -15,7 +15,6 @@ stage (`finetune` phase of the run vs caching the activations + training on them
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -26,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEMO, TUXPAINT, Timer, emit, machine_line, make_tiny_dataset, print_section,  # noqa: E402
-                    read_payload, run_worker, spread, table)
+from common import (DEMO, TUXPAINT, bench_parser, machine_line, make_tiny_dataset, print_section,  # noqa: E402
+                    run_worker, serve_worker, spread, table, Timer)
 
 SCRIPT = Path(__file__).resolve()
 TRAIN_SCRIPT = SCRIPT.parent / "train.py"
@@ -121,16 +120,12 @@ def worker(payload: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "a few generated images, short training")
     parser.add_argument("data", nargs="?", type=Path, help="dataset (default: tuxpaint-stamps, else the demo)")
     parser.add_argument("--copies", type=int, default=5, help="K augmented copies cached per training image")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--tiny", action="store_true", help="a few generated images, short training (smoke test)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        emit(worker(read_payload(args.worker)))
+    if serve_worker(args, worker):
         return
     tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-ftcached-"))
     config: dict = {}

@@ -9,7 +9,6 @@ writes are part of the job), for each engine; memory is sampled as the extractio
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -19,8 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (default_datasets, emit, machine_line, make_scaled_dataset, make_tiny_dataset,  # noqa: E402
-                    peak_rss_mib, print_section, read_payload, rss_mib, run_worker, spread, table)
+from common import (bench_parser, default_datasets, machine_line, make_scaled_dataset,  # noqa: E402
+                    make_tiny_dataset, peak_rss_mib, print_section, rss_mib, run_worker, serve_worker,
+                    spread, table)
 
 SCRIPT = Path(__file__).resolve()
 ENGINE_ENV = {"tflite": {"FEWSHOT_FAST_EXTRACT": "1"}, "keras": {"FEWSHOT_FAST_EXTRACT": "0"}}
@@ -64,7 +64,7 @@ def _pool(sources: list[Path], count: int, root: Path) -> list[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "a few generated images")
     parser.add_argument("datasets", nargs="*", type=Path, help="source datasets (default: demo, tuxpaint)")
     parser.add_argument("--counts", nargs="+", type=int, default=[500, 2000, 5000])
     parser.add_argument("--engines", nargs="+", default=["tflite", "keras"], choices=list(ENGINE_ENV))
@@ -72,12 +72,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "fewshot-bench-scale",
                         help="where the generated images are kept between runs (outside the project)")
-    parser.add_argument("--tiny", action="store_true", help="a few generated images (smoke test)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        emit(worker(read_payload(args.worker)))
+    if serve_worker(args, worker):
         return
     tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-memory-"))
     try:

@@ -20,7 +20,6 @@ reported apart, as "+ check". Phases come from metrics.json (`phase_seconds`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -30,8 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEMO, IMAGE_SUFFIXES, default_datasets, emit, machine_line, make_tiny_dataset,  # noqa: E402
-                    median, print_section, read_payload, run_worker, spread, table)
+from common import (DEMO, IMAGE_SUFFIXES, bench_parser, default_datasets, machine_line,  # noqa: E402
+                    make_tiny_dataset, median, print_section, run_worker, serve_worker, spread, table)
 
 SCRIPT = Path(__file__).resolve()
 PHASES = ("scanning", "extracting", "bottleneck", "scratch", "finetune", "evaluating", "saving")
@@ -174,18 +173,14 @@ def report(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "a few generated images, short training")
     parser.add_argument("datasets", nargs="*", type=Path, help="class-folder datasets (default: demo, tuxpaint)")
     parser.add_argument("--modes", nargs="+", default=["scratch", "bottleneck", "finetune", "relabel"],
                         choices=["scratch", "bottleneck", "finetune", "relabel"])
     parser.add_argument("--reps", type=int, default=3, help="rounds for bottleneck and relabel")
     parser.add_argument("--slow-reps", type=int, default=1, help="rounds for scratch and finetune")
-    parser.add_argument("--tiny", action="store_true", help="a few generated images, short training (smoke test)")
-    parser.add_argument("--json", type=Path, help="also write the raw measurements here")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        emit(worker(read_payload(args.worker)))
+    if serve_worker(args, worker):
         return
     tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-train-"))
     config: dict = {}

@@ -12,7 +12,6 @@ run trains in its own process, against the same measurements with nothing traini
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -25,8 +24,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEMO, PROJECT_ROOT, TUXPAINT, Timer, machine_line, make_tiny_dataset, percentile,  # noqa: E402
-                    print_section, table)
+from common import (DEMO, PROJECT_ROOT, TUXPAINT, bench_parser, machine_line, make_tiny_dataset,  # noqa: E402
+                    percentile, print_section, table, Timer)
 
 PAGES = {"Training": "pages/4_training.py", "Dataset": "pages/1_dataset.py", "Runs": "pages/6_runs.py"}
 
@@ -170,13 +169,11 @@ def report(idle: dict, busy: dict, info: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "a few generated images", worker=False)
     parser.add_argument("data", nargs="?", type=Path, help="dataset (default: tuxpaint-stamps, else the demo)")
     parser.add_argument("--seconds", type=float, default=40, help="how long to measure while training")
     parser.add_argument("--rounds", type=int, default=3, help="page reruns per page while idle")
     parser.add_argument("--no-server", action="store_true", help="skip the real Streamlit server")
-    parser.add_argument("--tiny", action="store_true", help="a few generated images (smoke test)")
-    parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-ui-"))
     os.environ["FEWSHOT_WORKSPACE"] = str(tmp / "workspace")  # runs, cache and the server's view of them
