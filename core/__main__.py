@@ -100,7 +100,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core.backbones import get_backbone
+    from core.backbone_specs import get_backbone
     from core.datasets import scan_dataset
     from core.execute import execute_run
     from core.runs import create_run
@@ -211,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from core.backbones import list_backbones
+    from core.backbone_specs import list_backbones
 
     for spec in list_backbones():
         print(f"{spec.name:20s} {spec.input_size:4d}px  {spec.feature_dim:5d}-d  {spec.description}")
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _known_errors() -> tuple[type[Exception], ...]:
     from core.augment import AugmentError
-    from core.backbones import BackboneError
+    from core.backbone_specs import BackboneError
     from core.config import ConfigError
     from core.datasets import DatasetError
     from core.export import ExportError

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.tfenv import keras, tf
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # TensorFlow loads on first use: the config alone (every page's settings) must import fast
+    from core.tfenv import keras, tf
 
 # Shear is limited to 45 degrees: RandomShear's factor (tan of the angle, see build_augmenter) must be <= 1.
 MAX_SHEAR_RADIANS = 0.785
@@ -147,6 +150,7 @@ def _layer_seed(seed: int | None, index: int) -> int | None:
 def _random_layers(c: AugmentConfig, seed: int | None) -> list[keras.layers.Layer]:
     """One built-in Random* layer per non-zero setting, in ImageDataGenerator's order (flip is last there,
     but flips commute with nothing else we care about, so doing it first is equivalent in distribution)."""
+    from core.tfenv import keras
     layers: list[keras.layers.Layer] = []
     fill = dict(fill_mode=c.fill_mode, fill_value=0.0)  # constant = black, like ImageDataGenerator's cval=0
 
@@ -194,6 +198,8 @@ def build_augmenter(config: AugmentConfig, seed: int | None = None) -> keras.Seq
     training=False. An identity config gives a single `Identity` layer, because an empty Sequential cannot
     be called or built.
     """
+    from core.tfenv import keras
+
     config.validate()  # the dataclass is mutable: re-check in case a field was set after construction
     layers = [] if config.is_identity() else _random_layers(config, seed)
     if not layers:
@@ -202,6 +208,8 @@ def build_augmenter(config: AugmentConfig, seed: int | None = None) -> keras.Seq
 
 
 def _as_float_image(image: np.ndarray, size: int | None) -> tf.Tensor:
+    from core.tfenv import tf
+
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[-1] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise AugmentError(f"preview needs an RGB image of shape (height, width, 3), got shape {arr.shape}")
@@ -224,6 +232,8 @@ def preview(image: np.ndarray, config: AugmentConfig, n: int = 8, seed: int = 0,
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise AugmentError(f"n must be a positive whole number, got {n!r}")
+    from core.tfenv import tf
+
     x = _as_float_image(image, size)
     batch = tf.repeat(x[None], int(n), axis=0)
     out = build_augmenter(config, seed=seed)(batch, training=True)

@@ -26,33 +26,13 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
+from core.backbone_specs import (LITE_STAGES, BackboneError, BackboneSpec, get_backbone,  # noqa: F401
+                                  list_backbones, weights_dir)
 from core.tfenv import keras
 
 log = logging.getLogger(__name__)
 
 
-class BackboneError(Exception):
-    """A backbone cannot be built; the message says what the user can do about it."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str                   # registry key, also the extractor model's name
-    title: str                  # shown in the UI
-    input_size: int             # square input side in pixels
-    feature_dim: int            # length of the pooled feature vector
-    description: str            # one line for the UI
-    top_block: tuple[str, ...]  # layer-name prefixes unfrozen by fine-tuning
-
-
-# EfficientNet-Lite MBConv stages: (repeats, kernel, stride, expand ratio, output channels).
-# Lite2 read off its checkpoint's shapes (strides are not in a state dict: same as Lite0's).
-_LITE_STAGES: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
-    "efficientnet_lite0": ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
-    "efficientnet_lite2": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
-                           (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
-}
 _LITE_STEM = 32
 _LITE_HEAD = 1280
 _BN_EPSILON = 1e-3
@@ -73,45 +53,6 @@ _VGG16_MEAN_RGB = (123.68, 116.779, 103.939)
 _DOWNLOAD_TIMEOUT_S = 30.0
 
 
-def _last_lite_block(name: str) -> int:
-    return sum(stage[0] for stage in _LITE_STAGES[name]) - 1
-
-
-_SPECS: dict[str, BackboneSpec] = {
-    spec.name: spec for spec in (
-        BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0 (fast, default)", 224, 1280,
-                     "Small and fast; its ImageNet weights come with the app and work offline.",
-                     (f"block{_last_lite_block('efficientnet_lite0')}_", "head_")),
-        BackboneSpec("efficientnet_lite2", "EfficientNet-Lite2 (more accurate, slower)", 260, 1280,
-                     "Bigger Lite model at 260 px: often a bit more accurate, about 2-3x slower.",
-                     (f"block{_last_lite_block('efficientnet_lite2')}_", "head_")),
-        BackboneSpec("vgg16", "VGG16 (the Keras blog recipe)", 150, 512,
-                     "The classic recipe's backbone at 150 px; large and slow; weights are downloaded.",
-                     ("block5_",)),
-    )
-}
-
-
-# ----------------------------------------------------------------------------- registry
-
-def list_backbones() -> list[BackboneSpec]:
-    """All backbones, the default first."""
-    return list(_SPECS.values())
-
-
-def get_backbone(name: str) -> BackboneSpec:
-    try:
-        return _SPECS[name]
-    except KeyError:
-        raise BackboneError(f"Unknown backbone {name!r}; choose one of: {', '.join(_SPECS)}.") from None
-
-
-def weights_dir() -> Path:
-    """Where converted weights are cached and user-supplied weight files are looked for."""
-    env = os.environ.get("FEWSHOT_WEIGHTS_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fewshot" / "weights"
-
-
 # ----------------------------------------------------------------------------- public builders
 
 def build_feature_extractor(name: str, weights: str | None = "imagenet") -> keras.Model:
@@ -128,7 +69,7 @@ def build_feature_extractor(name: str, weights: str | None = "imagenet") -> kera
 def build_imagenet_classifier(name: str) -> keras.Model:
     """EfficientNet-Lite with its 1000-way ImageNet logits, to check the weight conversion."""
     get_backbone(name)
-    if name not in _LITE_STAGES:
+    if name not in LITE_STAGES:
         raise BackboneError(f"Only EfficientNet-Lite has an ImageNet classifier here, not {name!r}.")
     return _build_lite_classifier(name, "imagenet")
 
@@ -165,7 +106,7 @@ def _lite_architecture(name: str) -> keras.Model:
                             name="stem_conv")(x)
     x = _bn_relu6(x, "stem")
     channels, index = _LITE_STEM, 0
-    for repeats, kernel, stride, expand, out in _LITE_STAGES[name]:
+    for repeats, kernel, stride, expand, out in LITE_STAGES[name]:
         for r in range(repeats):
             x = _mbconv(x, index, channels, kernel, stride if r == 0 else 1, expand, out)
             channels, index = out, index + 1

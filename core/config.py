@@ -92,5 +92,5 @@ class TrainConfig:
     def input_size(self) -> int:
         if self.mode == "scratch":
             return SCRATCH_INPUT_SIZE
-        from core.backbones import get_backbone
+        from core.backbone_specs import get_backbone
         return get_backbone(self.backbone).input_size

@@ -114,7 +114,7 @@ def _verify(run: Run, verify) -> None:
 
 def friendly_error(exc: BaseException) -> str:
     """The message a user can act on: ours verbatim, anything else with its type, never a traceback."""
-    from core.backbones import BackboneError
+    from core.backbone_specs import BackboneError
     from core.config import ConfigError
     from core.datasets import DatasetError
     from core.export import ExportError

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core import duplicates, labeling
-from core.backbones import BackboneError, get_backbone
+from core.backbone_specs import BackboneError, get_backbone
 from core.datasets import DatasetError, Item
 from core.labeling import LabelingError
 from core.runs import Run, list_runs

@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 from core.augment import FIELD_HELP, FILL_MODES, AugmentConfig, AugmentError, preview
-from core.backbones import BackboneError, get_backbone
+from core.backbone_specs import BackboneError, get_backbone
 from core.images import ImageError, load_rgb
 from core.workspace import workspace_root
 from ui.common import current_dataset
