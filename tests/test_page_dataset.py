@@ -140,8 +140,8 @@ def test_import_a_zip(workspace, tmp_path):
     root = workspace / "datasets" / "fruit"
     assert Path(at.session_state["dataset"]) == root
     assert set(counts_table(at).index) == {"apples", "limes"}
-    notes = [d.value for d in at.dataframe if "left out" in d.value.columns]
-    assert notes and "unsafe path" in notes[0]["left out"][0]
+    notes = [d.value for d in at.dataframe if "entry" in d.value.columns]
+    assert notes and "unsafe path" in notes[0]["entry"][0]
     assert not (workspace / "datasets" / "escape.txt").exists()
 
     # The same name again is refused with a readable message.
