@@ -182,3 +182,34 @@ def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path):
     page.goto(f"{url}/runs")
     wait_idle(page, "Runs")
     assert_no_exception(page)
+
+
+def test_predictions_wait_for_the_model_file_then_show_what_needs_it(server, page, demo_run):
+    """A bottleneck run is done before its model.keras exists: the page shows the results at once and polls until
+    the file lands (here: put back by the test while a live process stands in for the run's)."""
+    from core.runs import _process_start_time, get_run
+
+    url, ws = server
+    run_dir = ws / "runs" / f"zz-{demo_run.name}"  # sorts first: the page's default run
+    shutil.copytree(demo_run, run_dir)
+    saved = run_dir.parent / "model.keras.saved"
+    (run_dir / "model.keras").rename(saved)
+    stand_in = subprocess.Popen(["sleep", "300"])
+    try:
+        get_run(run_dir).update_status(model_file="writing", pid=stand_in.pid,
+                                       pid_start=_process_start_time(stand_in.pid))
+        page.goto(f"{url}/predictions")
+        page.wait_for_selector("text=Writing the model file", timeout=120_000)
+        page.wait_for_selector("text=Confusion matrix", timeout=60_000)
+        assert page.get_by_text("Photos or a .zip").count() == 0
+        assert_no_exception(page)
+        page.screenshot(path=str(OUTPUT / "predictions-model-writing.png"), full_page=True)
+
+        saved.rename(run_dir / "model.keras")
+        get_run(run_dir).update_status(model_file="ready")
+        page.wait_for_selector("text=Photos or a .zip", timeout=30_000)  # the fragment reran the whole page
+        assert page.get_by_text("Writing the model file").count() == 0
+        assert_no_exception(page)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
