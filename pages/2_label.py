@@ -141,6 +141,7 @@ if runs:
     if run is not None:
         with c2:
             lv.retrain_button(run, key="lbl_retrain", dataset_root=root, primary=False)
+        lv.retrain_status(key="lbl_retrain")
         unknown = sorted(set(run.labels()) - set(classes))
         if unknown and classes:
             st.caption(f"This model knows classes this dataset lacks ({', '.join(unknown)}); accepting its "

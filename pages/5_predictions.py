@@ -13,7 +13,7 @@ import streamlit as st
 from core.runs import Run, list_runs
 from ui.common import dataset_label, md
 from ui.frame import require_frame
-from ui.labeling_views import fix_controls, retrain_button
+from ui.labeling_views import fix_controls, retrain_button, retrain_status
 from ui.prediction_views import (ALL, SORTS, WRONG_CSS, cell_from_selection, clickable_confusion, confusion_from,
                                  export_check_sentence, filter_predictions, model_file_ready, per_class_table,
                                  predict_uploads, prepare_predictions, square_thumb)
@@ -201,10 +201,9 @@ else:
                     fix_controls(dataset_root, Path(item["path"]), classes, key=f"fix_{run_id}_{item.name}")
 st.caption("A photo filed under the wrong class, or one that does not belong? Fix it above (or on the Label "
            "page), then retrain: only changed photos are processed anew, so it takes seconds.")
-r1, r2 = st.columns([1, 3])
-with r1:
-    retrain_button(run, key="pred_retrain")
-r2.page_link("pages/2_label.py", label="More labelling tools (undo, trash, duplicates)", icon=":material/label:")
+retrain_button(run, key="pred_retrain")
+retrain_status(key="pred_retrain")
+st.page_link("pages/2_label.py", label="More labelling tools (undo, trash, duplicates)", icon=":material/label:")
 
 # ------------------------------------------------------------------------------------------- new images
 st.subheader("Try it on new photos")

@@ -171,12 +171,21 @@ def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path):
     page.screenshot(path=str(OUTPUT / "label-after-accept.png"), full_page=True)
 
     page.get_by_role("button", name="Retrain with my fixes").click()
-    wait_idle(page, "Label")
+    # The Label page follows the retraining live, then says what it gave and opens its predictions.
+    page.wait_for_selector("text=Retrained in", timeout=300_000)
+    assert_no_exception(page)
+    page.screenshot(path=str(OUTPUT / "label-retrained.png"), full_page=True)
+    runs = sorted((ws / "runs").iterdir())
+    assert len(runs) == 2
+    page.get_by_role("button", name="Show the new results").click()
+    wait_idle(page, "Predictions")
+    assert_no_exception(page)
+    n_train = json.loads((runs[-1] / "metrics.json").read_text())["n_train"]
+    assert f"{n_train} training images" in page.inner_text("body")  # the new run's summary (the first had 97)
+    page.screenshot(path=str(OUTPUT / "predictions-after-retrain.png"), full_page=True)
     page.goto(f"{url}/training")
     wait_idle(page, "Training")
     page.wait_for_selector("text=Finished", timeout=300_000)
-    runs = sorted((ws / "runs").iterdir())
-    assert len(runs) == 2
     metrics = json.loads((runs[-1] / "metrics.json").read_text())
     assert metrics["n_extracted"] == 3 and metrics["n_train"] + metrics["n_val"] == 125
     page.goto(f"{url}/runs")

@@ -170,7 +170,8 @@ def test_suggestions_sort_and_accept_all(workspace, demo_run):
     try:
         assert new.config().data == str(copy) and new.config().mode == "bottleneck"
         assert new.config_dict()["name"] == f"retrain of {demo_run.name}"
-        assert any("Watch the retraining" in link.label for link in at.get("page_link"))
+        assert any("Watch its curves" in link.label for link in at.get("page_link"))  # while it trains
+        assert any(f"Retraining `{new.id}`" in bar.proto.text for bar in at.get("progress"))
     finally:  # not needed to finish here (tests/test_labeling and the timing in the report cover training)
         new.request_stop()
         pid = new.status().get("pid")

@@ -214,3 +214,10 @@ def test_fix_a_photo_from_a_confusion_cell_then_retrain(run_copy, demo_run):
     metrics = json.loads(new.file("metrics.json").read_text())
     assert metrics["n_extracted"] == 0  # a moved photo keeps its content: nothing re-extracted
     assert new.config().data == str(copies[0]) and len(list_runs()) == 2
+    at.run()  # the retraining's note: its result, and a button to show it
+    assert not at.exception
+    assert any("Retrained in" in m.value and "(was 100%)" in m.value for m in at.success), [m.value for m in at.success]
+    at.button(key="pred_retrain_show").click().run()
+    assert not at.exception
+    assert at.selectbox(key="pred_run").value == new_id
+    assert "pred_retrain_started" not in at.session_state and not any("Retrained in" in m.value for m in at.success)

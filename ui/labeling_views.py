@@ -14,7 +14,7 @@ import streamlit as st
 from core import labeling
 from core.datasets import DatasetError
 from core.labeling import LabelingError
-from core.runs import Run, RunError, retrain
+from core.runs import ACTIVE_STATES, Run, RunError, get_run, retrain
 from core.workspace import PathError
 from ui.common import dataset_label, md, thumb
 from ui.dataset_views import flash
@@ -249,6 +249,15 @@ def fix_controls(dataset_root: Path, image_path: Path, classes: list[str], key: 
 
 
 def _retrain(run: Run, data: Path, state_key: str) -> None:
+    # One at a time per button: a double click (or a click replayed by a rerun) must not queue a second copy.
+    started = st.session_state.get(state_key)
+    if started:
+        try:
+            if get_run(started).status().get("state") in ACTIVE_STATES:
+                st.toast(f"Already retraining (`{started}`): it takes seconds.", icon=":material/hourglass_top:")
+                return
+        except RunError:
+            pass
     try:
         new = retrain(run, data=str(data))
     except _ERRORS as exc:
@@ -261,7 +270,8 @@ def _retrain(run: Run, data: Path, state_key: str) -> None:
 
 def retrain_button(run: Run, key: str, dataset_root: Path | None = None, primary: bool = True) -> None:
     """'Retrain with my fixes': a bottleneck run with `run`'s settings on the fixed dataset (the run's own, or its
-    editable copy when the run was trained on the read-only demo). Cached features make it take seconds."""
+    editable copy when the run was trained on the read-only demo). Cached features make it take seconds.
+    `retrain_status` shows what it started."""
     data = Path(run.config().data)
     target = dataset_root or labeling.working_copy(data, prefer=st.session_state.get("dataset")) or data
     state_key = f"{key}_started"
@@ -269,7 +279,54 @@ def retrain_button(run: Run, key: str, dataset_root: Path | None = None, primary
               icon=":material/replay:", type="primary" if primary else "secondary",
               help=f"Trains again on {dataset_label(target)} as it is now, with the same settings. Photos the "
                    f"network has already seen cost nothing: it takes seconds.")
-    started = st.session_state.get(state_key)
-    if started:
-        st.caption(f"Started `{started}`: follow it on the Training page, compare on the Runs page.")
-        st.page_link("pages/4_training.py", label="Watch the retraining", icon=":material/monitoring:")
+
+
+def retrain_status(key: str) -> None:
+    """Under a retrain_button (same `key`): the retraining it started, live, then its result and a button that
+    shows the new run's predictions."""
+    started = st.session_state.get(f"{key}_started")
+    if not started:
+        return
+    try:
+        new = get_run(started)
+    except RunError:  # deleted meanwhile (the Runs page, another tab)
+        st.session_state.pop(f"{key}_started", None)
+        return
+    active = new.status().get("state") in ACTIVE_STATES
+    # Poll while it trains; once it ends the fragment reruns the page, so the new run is listed everywhere.
+    st.fragment(_retrain_progress, run_every="1s" if active else None)(new, active, key)
+
+
+def _retrain_progress(new: Run, was_active: bool, key: str) -> None:
+    status = new.status()
+    state = status.get("state")
+    if state in ACTIVE_STATES:
+        st.progress(float(status.get("progress") or 0.0),
+                    text=f"Retraining `{new.id}`: {status.get('message') or state}…")
+        st.page_link("pages/4_training.py", label="Watch its curves", icon=":material/monitoring:")
+        return
+    if was_active:
+        st.rerun()  # the whole page: the finished run joins the run lists
+    if state != "done" or not new.has_results():
+        st.error(f"The retraining `{new.id}` ended {state}: {md(status.get('error') or status.get('message'))}")
+        st.page_link("pages/4_training.py", label="See it on the Training page", icon=":material/monitoring:")
+        return
+    after = new.metrics() or {}
+    source = new.config_dict().get("name", "").removeprefix("retrain of ").strip()  # set by core.runs.retrain
+    try:
+        previous = get_run(source).metrics() or {} if source else {}
+    except RunError:
+        previous = {}
+    # From the click (the run folder's creation) to the results: what the user waited.
+    seconds = (status.get("finished_at") or 0) - (status.get("created_at") or status.get("started_at") or 0)
+    change = ""
+    if after.get("val_accuracy") is not None and previous.get("val_accuracy") is not None:
+        change = f": validation accuracy {after['val_accuracy']:.0%} (was {previous['val_accuracy']:.0%})"
+    st.success(f"Retrained in {seconds:.1f} s{change}; {after.get('n_extracted', 0)} photo(s) went through the "
+               f"network again.", icon=":material/check_circle:")
+    # Not a callback: a widget inside a fragment reruns only the fragment, and the page has to change.
+    if st.button("Show the new results", key=f"{key}_show", icon=":material/grid_view:", type="primary"):
+        st.session_state["run_id"] = new.id  # the Predictions page's run picker follows it
+        st.session_state.pop("pred_run", None)
+        st.session_state.pop(f"{key}_started", None)  # shown: the retraining's note has done its job
+        st.switch_page("pages/5_predictions.py")
