@@ -18,10 +18,9 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # TensorFlow loads on first use: the config alone (every page's settings) must import fast
     from core.tfenv import keras, tf

@@ -32,6 +32,7 @@ from core.workspace import PROJECT_ROOT, runs_dir
 
 STATES = ("queued", "running", "done", "failed", "stopped")
 ACTIVE_STATES = ("queued", "running")
+RETRAIN_PREFIX = "retrain of "  # a retrain's default name: "retrain of <source run id>"
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "stage", "lr", "seconds"]
 
 
@@ -75,6 +76,12 @@ def _process_state(pid: int) -> str | None:
         return None
 
 
+def _orphaned(status: dict) -> bool:
+    """The run's process should still be at work on it (training, or writing its model file) but is gone."""
+    busy = status.get("state") in ACTIVE_STATES or status.get("model_file") == "writing"
+    return busy and bool(status.get("pid")) and not process_alive(status["pid"], status.get("pid_start"))
+
+
 @dataclass(frozen=True)
 class Run:
     path: Path
@@ -94,24 +101,22 @@ class Run:
         return fsutil.read_json(self.file("config.json"), {}) or {}
 
     def status(self) -> dict:
-        """The run's status; a run whose process died without saying so is reported (and recorded) as failed."""
+        """The run's status. A process that died without saying so leaves the run failed (it was training) or its
+        model file failed (it was writing model.keras after the run was done); either is recorded."""
         status = fsutil.read_json(self.file("status.json"), None) or {"state": "failed", "error": "status missing"}
-        if status.get("state") in ACTIVE_STATES and status.get("pid") and \
-                not process_alive(status["pid"], status.get("pid_start")):
+        if _orphaned(status):
             # Re-read first: the process may have finished between our read and the liveness check.
             status = fsutil.read_json(self.file("status.json"), status)
-            if status.get("state") in ACTIVE_STATES and not process_alive(status["pid"], status.get("pid_start")):
-                status = self.update_status(state="failed", finished_at=time.time(),
-                                            error="The training process ended unexpectedly (it was killed or "
-                                                  "crashed). Nothing of this run was saved as a model.")
+            if _orphaned(status):
+                if status.get("state") in ACTIVE_STATES:
+                    status = self.update_status(state="failed", finished_at=time.time(),
+                                                error="The training process ended unexpectedly (it was killed or "
+                                                      "crashed). Nothing of this run was saved as a model.")
+                else:
+                    status = self.update_status(model_file="failed", model_error=(
+                        "The training process ended before it wrote the model file; the results are kept. "
+                        "Write it again from the Predictions page."))
                 fsutil.remove_temp_files(self.path)  # what the dead process was writing, never renamed in
-        elif status.get("model_file") == "writing" and not process_alive(status.get("pid"), status.get("pid_start")):
-            status = fsutil.read_json(self.file("status.json"), status)
-            if status.get("model_file") == "writing" and not process_alive(status.get("pid"), status.get("pid_start")):
-                status = self.update_status(model_file="failed", model_error=(
-                    "The training process ended before it wrote the model file; the results are kept. "
-                    "Write it again from the Predictions page."))
-                fsutil.remove_temp_files(self.path)
         return status
 
     def history(self) -> pd.DataFrame:
@@ -294,6 +299,13 @@ def retrain(source: Run, name: str = "", data: str | None = None) -> Run:
     from dataclasses import replace
 
     config = replace(source.config(), mode="bottleneck", from_run=None, **({"data": str(data)} if data else {}))
-    run = create_run(config, name=name or f"retrain of {source.id}")
+    run = create_run(config, name=name or f"{RETRAIN_PREFIX}{source.id}")
     start_run_process(run)
     return run
+
+
+def retrained_from(name: str | None) -> str | None:
+    """The source run's id when `name` is a retrain's default name ("retrain of <id>"), else None."""
+    if not name or not name.startswith(RETRAIN_PREFIX):
+        return None
+    return name.removeprefix(RETRAIN_PREFIX).strip() or None

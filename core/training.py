@@ -26,6 +26,7 @@ from core.features import StopRequested, cached_extractor, extract_features, ima
 from core.models import (build_export_model, build_head, build_image_classifier, build_scratch_body, is_binary,
                          loss_for, with_augmentation)
 from core.reporting import Reporter
+from core.runs import Run, get_run
 from core.tfenv import keras, tf
 from core.workspace import features_dir
 
@@ -204,8 +205,6 @@ def train_bottleneck_head(cfg: TrainConfig, ds: Dataset, splits: dict[str, Split
 
 def load_head_from_run(run_dir: Path, cfg: TrainConfig, classes: list[str]) -> keras.Model:
     """The trained head of a finished bottleneck (or finetune) run, checked to fit this run."""
-    from core.runs import get_run
-
     source = get_run(run_dir)
     src_cfg = source.config()
     if src_cfg.mode == "scratch":
@@ -372,8 +371,8 @@ def write_model_file(run_path: Path) -> Path:
     """Assemble and save model.keras for a run whose trained part is its head: the frozen backbone (the same
     weights the features were extracted with) + head.weights.h5, end to end. Also repairs such a run whose
     model file was never written (the process was killed meanwhile, the disk was full)."""
-    cfg = TrainConfig.from_dict(fsutil.read_json(run_path / "config.json", {})["train"])
-    classes = fsutil.read_json(run_path / "labels.json", []) or []
+    run = Run(run_path)
+    cfg, classes = run.config(), run.labels()
     # A fine-tuned backbone lives only in the model.keras its run saved: the frozen one would not match its head.
     if cfg.mode == "scratch" or (run_path / "head_bottleneck.weights.h5").exists() or not classes or \
             not (run_path / "head.weights.h5").exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.charts import overlay_figure
-from core.runs import ACTIVE_STATES, RunError, delete_run, get_run, runs_table
+from core.runs import ACTIVE_STATES, RunError, delete_run, get_run, retrained_from, runs_table
 from ui.common import md
 from ui.frame import require_frame
 from ui.state import init_state
@@ -28,14 +28,14 @@ if table.empty:
     st.stop()
 
 
-
 def retrain_comparison(table) -> None:
-    """Before/after for the newest retrain ("Retrain with my fixes" names its run "retrain of <source>")."""
-    retrains = table[table["name"].fillna("").str.startswith("retrain of ") & (table["status"] == "done")]
+    """Before/after for the newest retrain ("Retrain with my fixes" names its run after its source)."""
+    sources = table["name"].fillna("").map(retrained_from)
+    retrains = table[sources.notna() & (table["status"] == "done")]
     if retrains.empty:
         return
     after = retrains.iloc[0]
-    source_id = after["name"].removeprefix("retrain of ").strip()
+    source_id = sources[retrains.index[0]]
     before_rows = table[table["run"] == source_id]
     if before_rows.empty:
         return

@@ -14,7 +14,7 @@ import streamlit as st
 from core import labeling
 from core.datasets import DatasetError
 from core.labeling import LabelingError
-from core.runs import ACTIVE_STATES, Run, RunError, get_run, retrain
+from core.runs import ACTIVE_STATES, Run, RunError, get_run, retrain, retrained_from
 from core.workspace import PathError
 from ui.common import dataset_label, md, thumb
 from ui.dataset_views import flash
@@ -312,9 +312,9 @@ def _retrain_progress(new: Run, was_active: bool, key: str) -> None:
         st.page_link("pages/4_training.py", label="See it on the Training page", icon=":material/monitoring:")
         return
     after = new.metrics() or {}
-    source = new.config_dict().get("name", "").removeprefix("retrain of ").strip()  # set by core.runs.retrain
+    source = retrained_from(new.config_dict().get("name"))
     try:
-        previous = get_run(source).metrics() or {} if source else {}
+        previous = (get_run(source).metrics() or {}) if source else {}
     except RunError:
         previous = {}
     # From the click (the run folder's creation) to the results: what the user waited.
