@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+from core.errors import FewShotError
 import argparse
 import csv
 import json
@@ -23,7 +24,7 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
 
-class CliError(Exception):
+class CliError(FewShotError):
     pass
 
 
@@ -229,27 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except Exception as exc:
         from core.execute import friendly_error
-        from core.runs import RunError
 
-        known = _known_errors() + (RunError,)
-        if isinstance(exc, known):
+        if isinstance(exc, FewShotError):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         print(f"error: {friendly_error(exc)}", file=sys.stderr)
         return EXIT_FAILED
-
-
-def _known_errors() -> tuple[type[Exception], ...]:
-    from core.augment import AugmentError
-    from core.backbone_specs import BackboneError
-    from core.config import ConfigError
-    from core.datasets import DatasetError
-    from core.export import ExportError
-    from core.images import ImageError
-    from core.training import TrainingError
-    from core.workspace import PathError
-
-    return (AugmentError, BackboneError, ConfigError, DatasetError, ExportError, ImageError, TrainingError, PathError)
 
 
 if __name__ == "__main__":

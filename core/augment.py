@@ -13,6 +13,7 @@ DOES augment (the layers default to training=True); pass `training=False` there.
 """
 from __future__ import annotations
 
+from core.errors import FewShotError
 import json
 import math
 import os
@@ -32,7 +33,7 @@ MAX_ZOOM = 0.9
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 
 
-class AugmentError(ValueError):
+class AugmentError(FewShotError):
     """A bad augmentation setting; the message names the field, what is allowed and what was given."""
 
 

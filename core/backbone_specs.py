@@ -5,12 +5,13 @@ often without) any model being built. The builders are in `core.backbones`.
 """
 from __future__ import annotations
 
+from core.errors import FewShotError
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 
-class BackboneError(Exception):
+class BackboneError(FewShotError):
     """A backbone cannot be built; the message says what the user can do about it."""
 
 

@@ -1,6 +1,7 @@
 """Training settings: one typed dataclass, validated, round-tripping through JSON (it is saved with every run)."""
 from __future__ import annotations
 
+from core.errors import FewShotError
 import json
 from dataclasses import asdict, dataclass, field, fields
 
@@ -17,7 +18,7 @@ MODE_HELP = {
 SCRATCH_INPUT_SIZE = 150  # the recipe's 150×150
 
 
-class ConfigError(ValueError):
+class ConfigError(FewShotError):
     """A setting out of range; the message names the setting and what is allowed."""
 
 

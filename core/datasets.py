@@ -8,6 +8,7 @@ in: the data on disk is the source of truth. Bad files are skipped and reported,
 """
 from __future__ import annotations
 
+from core.errors import FewShotError
 import hashlib
 import os
 import re
@@ -35,7 +36,7 @@ MAX_ZIP_BYTES = 2 * 1024**3
 MAX_ZIP_RATIO = 200  # uncompressed/compressed per member; real JPEGs are ~1
 
 
-class DatasetError(ValueError):
+class DatasetError(FewShotError):
     """A dataset that cannot be trained on; the message says what to change."""
 
 

@@ -114,13 +114,9 @@ def _verify(run: Run, verify) -> None:
 
 def friendly_error(exc: BaseException) -> str:
     """The message a user can act on: ours verbatim, anything else with its type, never a traceback."""
-    from core.backbone_specs import BackboneError
-    from core.config import ConfigError
-    from core.datasets import DatasetError
-    from core.export import ExportError
-    from core.training import TrainingError
+    from core.errors import FewShotError
 
-    if isinstance(exc, (BackboneError, ConfigError, DatasetError, ExportError, TrainingError)):
+    if isinstance(exc, FewShotError):
         return str(exc)
     if isinstance(exc, MemoryError):
         return "Out of memory: try a smaller batch size or fewer images."

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+from core.errors import FewShotError
 import errno
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from core import fsutil, images
 from core.tfenv import keras, tf
 
 
-class ExportError(Exception):
+class ExportError(FewShotError):
     """A model that cannot be saved, loaded or converted."""
 
 

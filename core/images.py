@@ -5,6 +5,7 @@ the same way. Bad files raise `ImageError` with a reason a person can read; call
 """
 from __future__ import annotations
 
+from core.errors import FewShotError
 import hashlib
 import warnings
 from pathlib import Path
@@ -25,7 +26,7 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
 
 
-class ImageError(Exception):
+class ImageError(FewShotError):
     """An image that cannot be used; the message is the reason shown to the user."""
 
 

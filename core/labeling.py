@@ -20,6 +20,7 @@ Only datasets inside the workspace can be changed; the built-in demo is read-onl
 """
 from __future__ import annotations
 
+from core.errors import FewShotError
 import json
 import os
 import secrets
@@ -54,7 +55,7 @@ UNDOABLE = ("move", "delete", "restore")
 _thread_lock = threading.RLock()
 
 
-class LabelingError(ValueError):
+class LabelingError(FewShotError):
     """A labelling change that cannot be made; the message says why and what to do."""
 
 

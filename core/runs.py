@@ -13,6 +13,7 @@ Pages poll these files every second, so every reader here is cheap and tolerant 
 """
 from __future__ import annotations
 
+from core.errors import FewShotError
 import os
 import platform
 import secrets
@@ -36,7 +37,7 @@ RETRAIN_PREFIX = "retrain of "  # a retrain's default name: "retrain of <source 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "stage", "lr", "seconds"]
 
 
-class RunError(Exception):
+class RunError(FewShotError):
     """A run that cannot be created, found or started."""
 
 

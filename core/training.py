@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+from core.errors import FewShotError
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from core.tfenv import keras, tf
 from core.workspace import features_dir
 
 
-class TrainingError(Exception):
+class TrainingError(FewShotError):
     """Training cannot proceed; the message says why in plain words."""
 
 

@@ -5,6 +5,7 @@ app knows is in it, which is why a browser reload or a server restart loses noth
 """
 from __future__ import annotations
 
+from core.errors import FewShotError
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATASET = PROJECT_ROOT / "data" / "demo"
 
 
-class PathError(ValueError):
+class PathError(FewShotError):
     """A path the app refuses to read or write (outside the allowed roots, or an invalid name)."""
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.errors import FewShotError
 from core.charts import class_counts_figure
 from core.datasets import DatasetError, dataset_warnings, detect_layout
 from core.importing import add_uploads, create_class, create_dataset, dataset_name, import_zip, list_datasets
@@ -40,7 +41,7 @@ def _create_dataset() -> None:
     try:
         existed = (datasets_dir() / dataset_name(name)).is_dir()
         path = create_dataset(name)
-    except (DatasetError, OSError) as exc:
+    except (FewShotError, OSError) as exc:
         flash("build", "error", f"Cannot create that dataset: {md(exc)}")
         return
     set_dataset(path)
@@ -55,7 +56,7 @@ def _create_class() -> None:
     name = st.session_state.get("ds_new_class", "")
     try:
         folder = create_class(dataset_path(), name)
-    except (DatasetError, PathError, OSError) as exc:
+    except (FewShotError, OSError) as exc:
         flash("build", "error", f"Cannot add that class: {md(exc)}")
         return
     st.session_state["ds_new_class"] = ""
@@ -74,7 +75,7 @@ def _save_photos(uploader_key: str) -> None:
         return
     try:
         report = add_uploads(dataset_path(), class_name, [(f.name, f.getvalue()) for f in files])
-    except (DatasetError, PathError, OSError) as exc:
+    except (FewShotError, OSError) as exc:
         flash("build", "error", f"The photos could not be saved: {md(exc)}")
         return
     st.session_state["ds_upload_counter"] += 1
@@ -99,7 +100,7 @@ def _import_zip(uploader_key: str) -> None:
                 upload.seek(0)
                 shutil.copyfileobj(upload, out)
             root, notes = import_zip(zip_path, name)
-    except (DatasetError, PathError, OSError) as exc:
+    except (FewShotError, OSError) as exc:
         flash("zip", "error", f"The zip could not be imported: {md(exc)}")
         return
     set_dataset(root)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.errors import FewShotError
 from core import duplicates, labeling
 from core.backbone_specs import BackboneError, get_backbone
 from core.datasets import DatasetError, Item
@@ -61,7 +62,7 @@ try:
     for note in labeling.recover(root):
         st.warning(f"A change was interrupted earlier (the app stopped mid-way) and has been settled: {md(note)}")
     view = labeling.label_view(root)
-except (LabelingError, OSError) as exc:
+except (FewShotError, OSError) as exc:
     st.error(f"This dataset cannot be labelled: {md(exc)}")
     st.stop()
 counts = view.counts()
@@ -89,7 +90,7 @@ def save_uploads(key: str) -> None:
         return
     try:
         report = labeling.add_unlabelled_uploads(root, [(f.name, f.getvalue()) for f in files])
-    except (LabelingError, OSError) as exc:
+    except (FewShotError, OSError) as exc:
         flash("label", "error", f"Nothing was saved: {md(exc)}")
         return
     st.session_state["lbl_upload_counter"] += 1
@@ -150,7 +151,7 @@ if runs:
             try:
                 with st.spinner(f"The model looks at {lv.plural(len(pool), 'photo')}…"):
                     frame = labeling.predict_pool(run, pool)
-            except (LabelingError, OSError) as exc:
+            except (FewShotError, OSError) as exc:
                 st.warning(f"No suggestions: {md(exc)}")
 suggestion = {} if frame is None else {Path(p): (c, conf) for p, c, conf in
                                          zip(frame["path"], frame["predicted"], frame["confidence"])}
@@ -232,7 +233,7 @@ def pool_view() -> None:
 def _focus_assign(path: Path, class_name: str) -> None:
     try:
         labeling.move_to_class(root, [path], class_name)
-    except (LabelingError, DatasetError, OSError) as exc:
+    except (FewShotError, OSError) as exc:
         flash("label", "error", f"Not moved: {md(exc)}")
         return
     st.toast(f"{md(path.name)} → {md(class_name)}", icon=":material/label:")
@@ -249,7 +250,7 @@ def _focus_assign_picked(path: Path) -> None:
 def _focus_delete(path: Path) -> None:
     try:
         labeling.delete_images(root, [path])
-    except (LabelingError, OSError) as exc:
+    except (FewShotError, OSError) as exc:
         flash("label", "error", f"Not deleted: {md(exc)}")
         return
     st.toast(f"{md(path.name)} → trash", icon=":material/delete:")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from core.errors import FewShotError
 from core.augment import FIELD_HELP, FILL_MODES, AugmentConfig, AugmentError, preview
 from core.backbone_specs import BackboneError, get_backbone
 from core.images import ImageError, load_rgb
@@ -206,7 +207,7 @@ with shown:
             mtime = path.stat().st_mtime_ns
             before = augmented_samples(str(path), mtime, ORIGINAL_JSON, 1, 0, size)[0]
             after = augmented_samples(str(path), mtime, config_json, int(n), int(seed), size)
-        except (ImageError, OSError) as exc:
+        except (FewShotError, OSError) as exc:
             st.warning(f"This photo cannot be read: {md(exc)}")
             continue
         left, right = st.columns([1, 4])

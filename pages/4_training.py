@@ -5,6 +5,7 @@ import time
 
 import streamlit as st
 
+from core.errors import FewShotError
 from core.backbone_specs import get_backbone, list_backbones
 from core.charts import history_figure
 from core.config import MODE_HELP, MODES, ConfigError, TrainConfig
@@ -104,7 +105,7 @@ def start(config: TrainConfig, name: str) -> None:
     try:
         run = create_run(config, name=name)
         start_run_process(run)
-    except (RunError, OSError) as exc:
+    except (FewShotError, OSError) as exc:
         st.error(f"The training could not start: {exc}")
         return
     st.session_state["watch_run"] = run.id

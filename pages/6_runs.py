@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.errors import FewShotError
 from core.charts import overlay_figure
 from core.runs import ACTIVE_STATES, RunError, delete_run, get_run, retrained_from, runs_table
 from ui.common import md
@@ -127,7 +128,7 @@ def do_delete(run_id: str) -> None:
     st.session_state.pop("runs_confirm_delete", None)
     try:
         delete_run(get_run(run_id))
-    except (RunError, OSError) as exc:
+    except (FewShotError, OSError) as exc:
         st.session_state["runs_flash"] = ("error", f"Not deleted: {md(exc)}")
         return
     st.session_state["runs_flash"] = ("success", f"Run {md(run_id)} deleted.")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.errors import FewShotError
 from core import labeling
 from core.datasets import DatasetError
 from core.labeling import LabelingError
@@ -22,7 +23,7 @@ from ui.state import set_dataset
 
 NEW_CLASS = "➕ New class…"
 MAX_SHORTCUT_CLASSES = 9  # number keys 1–9
-_ERRORS = (LabelingError, DatasetError, PathError, RunError, OSError)
+_ERRORS = (FewShotError, OSError)
 
 
 def path_key(prefix: str, path: str | Path) -> str:

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import ImageOps
 
+from core.errors import FewShotError
 from core import images
 from core.charts import confusion_figure
 from core.datasets import safe_extract_zip
@@ -211,7 +212,7 @@ def save_uploads(files: Sequence, folder: Path) -> tuple[list[tuple[Path, str]],
             dest = folder / f"{index:04d}_unzipped"
             try:
                 notes += safe_extract_zip(target, dest)
-            except ValueError as exc:  # DatasetError: not a zip, too big, too many entries
+            except FewShotError as exc:  # DatasetError: not a zip, too big, too many entries
                 notes.append(f"{name}: {exc}")
                 continue
             members = _image_files(dest)
