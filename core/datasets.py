@@ -151,7 +151,8 @@ def scan_class_folder(folder: Path, check: bool = True) -> tuple[list[Path], lis
     return good, skipped
 
 
-def _class_folders(root: Path) -> list[Path]:
+def class_folders(root: Path) -> list[Path]:
+    """The class (or split) folders directly in `root`: real folders, not hidden, reserved or unreadable names."""
     return sorted(p for p in root.iterdir()
                   if p.is_dir() and not p.is_symlink() and not images.is_hidden(p.name)
                   and p.name.lower() not in RESERVED_FOLDERS and _is_text(p.name))
@@ -165,7 +166,7 @@ def _untextual_folders(root: Path) -> list[Skipped]:
 def detect_layout(root: Path) -> dict[str, Path] | None:
     """{'train': path, 'val': path, 'test': path?} for the split layout, None for the flat one."""
     found: dict[str, Path] = {}
-    for child in _class_folders(root):
+    for child in class_folders(root):
         split = SPLIT_FOLDER_NAMES.get(child.name.lower())
         if split:
             found.setdefault(split, child)
@@ -181,14 +182,14 @@ def find_dataset_root(path: Path) -> Path:
     """Descend through a single wrapping folder (zips often have one), ignoring litter like __MACOSX."""
     current = path
     for _ in range(3):
-        children = _class_folders(current)
+        children = class_folders(current)
         files = [p for p in current.iterdir() if p.is_file() and images.has_image_extension(p.name)]
         if len(children) == 1 and not files and detect_layout(current) is None:
             current = children[0]
         else:
             break
     # The descent went one level too far if it landed in a class folder of a single-class dataset.
-    return current if _class_folders(current) else path
+    return current if class_folders(current) else path
 
 
 def stable_rank(seed: int, path: Path) -> str:
@@ -255,7 +256,7 @@ def scan_dataset(data: str | Path, val_split: float = 0.2, test_split: float = 0
 def _scan_flat(root: Path, val_split: float, test_split: float, seed: int, check: bool) -> Dataset:
     files: dict[str, list[Path]] = {}
     skipped: list[Skipped] = _untextual_folders(root)
-    for folder in _class_folders(root):
+    for folder in class_folders(root):
         good, bad = scan_class_folder(folder, check)
         files[folder.name] = good
         skipped += bad
@@ -270,7 +271,7 @@ def _scan_split(root: Path, layout: dict[str, Path], check: bool) -> Dataset:
     for split, folder in layout.items():
         per_split[split] = {}
         skipped += _untextual_folders(folder)
-        for class_folder in _class_folders(folder):
+        for class_folder in class_folders(folder):
             good, bad = scan_class_folder(class_folder, check)
             per_split[split][class_folder.name] = good
             skipped += bad
