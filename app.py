@@ -50,7 +50,7 @@ with st.sidebar:
         for run in runs:
             status = run.status()
             st.markdown(f"**Training:** `{run.id}`")
-            st.progress(float(status.get("progress") or 0.0), text=status.get("message") or status.get("state"))
+            st.progress(float(status.progress or 0.0), text=status.message or status.state)
         st.page_link("pages/4_training.py", label="Watch it", icon=":material/monitoring:")
 
     running_trainings()

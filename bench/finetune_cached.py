@@ -38,10 +38,10 @@ def worker(payload: dict) -> dict:
     from core.config import TrainConfig
     from core.datasets import scan_dataset
     from core.features import extract_features, image_dataset
-    from core.head_training import HeadFitConfig, fit_head
+    from core.training.head import HeadFitConfig, fit_head
     from core.models import build_head, loss_for
     from core.tfenv import keras, tf
-    from core.training import class_weights
+    from core.training.data import class_weights
 
     cfg = TrainConfig(data=payload["data"], mode="finetune", seed=payload["seed"], **payload.get("config", {}))
     spec = get_backbone(cfg.backbone)

@@ -59,11 +59,11 @@ def worker(payload: dict) -> dict:
         status = execute_run(run)
         wall = time.perf_counter() - t0
         metrics = run.metrics() or {}
-        to_done = (status.get("finished_at") or time.time()) - t0_wall
-        to_model = (status.get("model_written_at") or status.get("finished_at") or time.time()) - t0_wall
-        if status.get("state") != "done" or status.get("model_file") != "ready":
-            raise RuntimeError(f"run {job['name']} ended {status.get('state')}: {status.get('error')} "
-                               f"(model file: {status.get('model_file')} {status.get('model_error') or ''})")
+        to_done = (status.finished_at or time.time()) - t0_wall
+        to_model = (status.model_written_at or status.finished_at or time.time()) - t0_wall
+        if status.state != "done" or status.model_file != "ready":
+            raise RuntimeError(f"run {job['name']} ended {status.state}: {status.error} "
+                               f"(model file: {status.model_file} {status.model_error or ''})")
         out["jobs"].append({"name": job["name"], "to_done": to_done, "to_model": to_model,
                             "check": max(0.0, wall - to_model),
                             "phases": metrics.get("phase_seconds", {}), "val_accuracy": metrics.get("val_accuracy"),

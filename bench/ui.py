@@ -125,28 +125,28 @@ def measure(data: Path, seconds: float, rounds: int, use_server: bool, config: d
 
         run = create_run(TrainConfig(data=str(data), mode="finetune", **config), name="trains during the bench")
         start_run_process(run)
-        while run.status().get("state") == "queued" or run.history().empty:
-            if run.status().get("state") not in ("queued", "running"):
+        while run.status().state == "queued" or run.history().empty:
+            if run.status().state not in ("queued", "running"):
                 raise RuntimeError(f"the training ended early: {run.status()}")
             time.sleep(0.2)
         busy = Probe(run, port)
         end = time.time() + seconds
         cycles = 0
-        while time.time() < end and run.status().get("state") == "running":
+        while time.time() < end and run.status().state == "running":
             if cycles % 100 == 0:
                 busy.pages(at, 1)  # every page now and then, while it trains
             busy.cycle()
             cycles += 1
             time.sleep(0.05)
-        still_running = run.status().get("state") == "running"
+        still_running = run.status().state == "running"
         info = {"history_rows": len(run.history()), "still_running_at_end": still_running,
-                "state": run.status().get("state")}
+                "state": run.status().state}
         run.request_stop()
         deadline = time.time() + 120
-        while run.status().get("state") in ("queued", "running") and time.time() < deadline:
+        while run.status().state in ("queued", "running") and time.time() < deadline:
             time.sleep(0.5)
         status = run.status()  # the process still checks its export after stopping: let it end before cleanup
-        while process_alive(status.get("pid"), status.get("pid_start")) and time.time() < deadline:
+        while process_alive(status.pid, status.pid_start) and time.time() < deadline:
             time.sleep(0.2)
         return idle.times, busy.times, info
     finally:

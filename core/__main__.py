@@ -3,7 +3,7 @@
     python -m core train DATA --mode bottleneck --out RUN_DIR
     python -m core predict RUN_DIR PATH...        → CSV: path,label,confidence
     python -m core evaluate RUN_DIR DATA          → JSON: accuracy, per_class, confusion, classes
-    python -m core export RUN_DIR --tflite        → RUN_DIR/model.tflite
+    python -m core export RUN_DIR                 → RUN_DIR/model.tflite
     python -m core export RUN_DIR --model-file    → RUN_DIR/model.keras written again from the trained head
     python -m core run RUN_DIR                    (used by the app: execute a prepared run folder)
     python -m core backbones                      list the feature extractors
@@ -64,9 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", metavar="RUN_DIR")
     evaluate.add_argument("data", metavar="DATA")
 
-    export = sub.add_parser("export", help="write the run's model as TFLite (or its model.keras again)")
+    export = sub.add_parser("export", help="write the run's model as TFLite (or, with --model-file, its model.keras "
+                                           "again)")
     export.add_argument("run", metavar="RUN_DIR")
-    export.add_argument("--tflite", action="store_true", default=True)
     export.add_argument("--model-file", action="store_true",
                         help="write model.keras again from the run's trained head (a bottleneck run whose model "
                              "file was not written: a full disk, a killed process)")
@@ -113,16 +113,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = create_run(cfg, args.out)
     print(f"run folder: {run.path}", file=sys.stderr)
     status = execute_run(run, terminal=sys.stderr)
-    if status["state"] == "failed":
-        raise CliError(status.get("error") or "training failed")
-    if status.get("model_file") == "failed":
+    if status.state == "failed":
+        raise CliError(status.error or "training failed")
+    if status.model_file == "failed":
         raise CliError(f"the results are in {run.path}, but model.keras could not be written: "
-                       f"{status.get('model_error')} (then: python -m core export {run.path} --model-file)")
+                       f"{status.model_error} (then: python -m core export {run.path} --model-file)")
     metrics = run.metrics() or {}
     summary = {k: metrics.get(k) for k in ("val_accuracy", "test_accuracy", "n_train", "n_val", "n_extracted",
                                            "extract_seconds", "train_seconds")}
-    print(f"{status['state']}: " + ", ".join(f"{k} {v}" for k, v in summary.items()), file=sys.stderr)
-    return 0 if status["state"] == "done" else EXIT_FAILED
+    print(f"{status.state}: " + ", ".join(f"{k} {v}" for k, v in summary.items()), file=sys.stderr)
+    return 0 if status.state == "done" else EXIT_FAILED
 
 
 def _image_paths(paths: list[str]) -> list[Path]:
@@ -146,7 +146,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from core.runs import get_run
 
     run = get_run(args.run)
-    model, labels = load_model(run.file("model.keras")), run.labels()
+    model, labels = load_model(run.model_path), run.labels()
     paths = _image_paths(args.paths)
     probs, failed = predict_files(model, paths)
     writer = csv.writer(sys.stdout)
@@ -174,7 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     unknown = sorted(set(ds.classes) - set(labels))
     if unknown:
         raise CliError(f"{args.data} has classes the model does not know: {unknown} (it knows {labels}).")
-    probs, failed = predict_files(load_model(run.file("model.keras")), [it.path for it in ds.items])
+    probs, failed = predict_files(load_model(run.model_path), [it.path for it in ds.items])
     ok = ~np.isnan(probs).any(axis=1)
     y = np.array([labels.index(it.label) for it in ds.items])
     metrics = compute_metrics(y[ok], probs[ok], labels)
@@ -194,11 +194,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         from core.execute import write_run_model
 
         status = write_run_model(run)
-        if status["model_file"] != "ready":
-            raise CliError(f"model.keras could not be written: {status.get('model_error')}")
-        print(run.file("model.keras"))
+        if status.model_file != "ready":
+            raise CliError(f"model.keras could not be written: {status.model_error}")
+        print(run.model_path)
         return 0
-    out = export_tflite(run.file("model.keras"), run.file("model.tflite"))
+    out = export_tflite(run.model_path, run.tflite_path)
     print(out)
     return 0
 
@@ -208,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from core.runs import get_run
 
     status = execute_run(get_run(args.run), terminal=sys.stdout)
-    return 0 if status["state"] in ("done", "stopped") else EXIT_FAILED
+    return 0 if status.state in ("done", "stopped") else EXIT_FAILED
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:

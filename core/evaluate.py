@@ -1,4 +1,4 @@
-"""Metrics from predicted probabilities: accuracy, per-class precision/recall/F1, confusion, mistakes."""
+"""Metrics from predicted probabilities: accuracy, per-class precision/recall/F1, confusion."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,6 +23,14 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
     for t, p in zip(y_true, y_pred):
         matrix[t, p] += 1
     return matrix
+
+
+def frame_confusion(frame: pd.DataFrame, classes: list[str]) -> list[list[int]]:
+    """The confusion matrix of a predictions frame (`label`, `predicted` columns), in the order of `classes`;
+    rows whose label is not one of `classes` are left out."""
+    index = {name: i for i, name in enumerate(classes)}
+    pairs = [(index[t], index[p]) for t, p in zip(frame["label"], frame["predicted"]) if t in index and p in index]
+    return confusion_matrix([t for t, _ in pairs], [p for _, p in pairs], len(classes)).tolist()
 
 
 def compute_metrics(y_true: Sequence[int], probs: np.ndarray, classes: list[str]) -> dict:
@@ -66,9 +74,3 @@ def predictions_frame(paths: Sequence[Path | str], y_true: Sequence[int] | None,
     per_class = pd.DataFrame({f"p_{name}": np.round(probs[:, i], 6) if len(probs) else []
                               for i, name in enumerate(classes)}, index=frame.index)
     return pd.concat([frame, per_class], axis=1)  # one concat: 100 classes would fragment 100 inserts
-
-
-def misclassified(frame: pd.DataFrame) -> pd.DataFrame:
-    """Wrong predictions, most confident first: the likeliest label mistakes and the model's worst errors."""
-    wrong = frame[frame["label"] != frame["predicted"]]
-    return wrong.sort_values("confidence", ascending=False)

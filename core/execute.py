@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Iterator, TextIO
 
 from core import fsutil
-from core.runs import Run, _process_start_time
+from core.runs import Run, RunStatus, process_start_time
 from core.workspace import features_dir, workspace_root
 
 
@@ -45,23 +45,23 @@ class _StoppedWhileQueued(Exception):
     pass
 
 
-def execute_run(run: Run, terminal: TextIO | None = None) -> dict:
+def execute_run(run: Run, terminal: TextIO | None = None) -> RunStatus:
     """Train the run in this process; returns its final status. Never raises for a training failure."""
     from core.features import StopRequested  # imports TensorFlow: keep it out of the module's import time
     from core.reporting import Reporter
     from core.training import train, verify_export
 
     pid = os.getpid()
-    run.update_status(pid=pid, pid_start=_process_start_time(pid))
+    run.update_status(pid=pid, pid_start=process_start_time(pid))
     # SIGTERM (kill, a closing terminal, a stopping service) becomes a polite stop request.
-    signal.signal(signal.SIGTERM, lambda *_: run.file("STOP").touch())
+    signal.signal(signal.SIGTERM, lambda *_: run.file(Run.STOP).touch())
     reporter = Reporter(run, terminal=terminal)
     try:
         with training_slot(run):
             # Only runs write the feature cache, and they take turns: what a killed one left half-written is stale.
             fsutil.remove_temp_files(features_dir())
             run.update_status(state="running", started_at=time.time(), error=None)
-            result = train(run.config(), run.path, reporter)
+            result = train(run.config(), run, reporter)
         state = "stopped" if run.stop_requested() else "done"
         # Done means the results are on disk: predictions, metrics and the trained weights. A bottleneck run's
         # model.keras (frozen backbone + head) is assembled just after, so a retrain's results show sooner.
@@ -81,18 +81,18 @@ def execute_run(run: Run, terminal: TextIO | None = None) -> dict:
         return run.update_status(state="failed", phase="failed", finished_at=time.time(), error=friendly_error(exc))
 
 
-def write_run_model(run: Run) -> dict:
+def write_run_model(run: Run) -> RunStatus:
     """Write a bottleneck run's model.keras from its trained head: right after the run is done, or again later
     (the Predictions page's button, `python -m core export RUN --model-file`) when that failed. A failure (a full
     disk) leaves the run's results as they are and says why in status.json. Returns the status."""
     from core.training import write_model_file
 
     try:
-        write_model_file(run.path)
+        write_model_file(run)
         return run.update_status(model_file="ready", model_error=None, model_written_at=time.time())
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
-        fsutil.remove_temp_files(run.path)
+        run.remove_temp_files()
         reason = ("The disk is full: free some space, then write the model file again. The run's results are kept."
                   if isinstance(exc, OSError) and exc.errno == 28 else friendly_error(exc))
         return run.update_status(model_file="failed", model_error=reason)
@@ -101,15 +101,12 @@ def write_run_model(run: Run) -> dict:
 def _verify(run: Run, verify) -> None:
     """The export check is a bonus: its failure is reported in metrics.json, never turns a done run failed."""
     try:
-        check = verify(run.path)
+        check = verify(run)
         if check and check["same_top1"] is not None and check["same_top1"] < 1.0:
             print(f"warning: the saved model disagrees with the app on {1 - check['same_top1']:.0%} of the "
                   f"validation images", file=sys.stderr)
     except Exception as exc:
-        from core import fsutil
-        metrics = fsutil.read_json(run.file("metrics.json"), {}) or {}
-        metrics["export_check"] = {"error": friendly_error(exc)}
-        fsutil.atomic_write_json(run.file("metrics.json"), metrics)
+        run.update_metrics(export_check={"error": friendly_error(exc)})
 
 
 def friendly_error(exc: BaseException) -> str:

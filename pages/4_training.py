@@ -57,7 +57,7 @@ def settings_form() -> tuple[TrainConfig, str] | None:
 
     with st.expander("Settings (the recipe's defaults are a good start)"):
         c1, c2, c3 = st.columns(3)
-        epochs = c1.number_input("Epochs", 1, 500, defaults.epochs if mode != "scratch" else 30, key="train_epochs",
+        epochs = c1.number_input("Epochs", 1, 500, defaults.epochs, key="train_epochs",
                                  help="Passes over the training images. Training stops early when validation "
                                       "stops improving, keeping the best epoch.")
         batch_size = c1.select_slider("Batch size", [4, 8, 16, 32, 64], defaults.batch_size, key="train_batch",
@@ -128,8 +128,8 @@ def watched_run() -> Run | None:
 
 
 def _eta(status: dict) -> str:
-    progress = float(status.get("progress") or 0.0)
-    started = status.get("phase_started_at")
+    progress = float(status.progress or 0.0)
+    started = status.phase_started_at
     if not started or progress <= 0.02 or progress >= 1:
         return ""
     remaining = (time.time() - started) * (1 - progress) / progress
@@ -138,26 +138,26 @@ def _eta(status: dict) -> str:
 
 def live_view(run: Run, polling: bool) -> None:
     status = run.status()
-    state = status.get("state")
+    state = status.state
     if polling and state not in ACTIVE_STATES:
         st.rerun(scope="app")  # finished: redraw the whole page once, then stop polling
     history = run.history()
-    started = status.get("started_at") or status.get("created_at") or time.time()
-    ended = status.get("finished_at") or time.time()
+    started = status.started_at or status.created_at or time.time()
+    ended = status.finished_at or time.time()
     header = {"queued": ":material/hourglass_top: Waiting", "running": ":material/directions_run: Training",
               "done": ":green[:material/check_circle:] Finished", "failed": ":red[:material/error:] Failed",
               "stopped": ":material/stop_circle: Stopped"}.get(state, state)
     st.subheader(f"{header}: {run.id}")
     if state in ACTIVE_STATES:
-        st.progress(float(status.get("progress") or 0.0),
-                    text=f"{status.get('message') or status.get('phase')} · {ended - started:.0f} s elapsed"
+        st.progress(float(status.progress or 0.0),
+                    text=f"{status.message or status.phase} · {ended - started:.0f} s elapsed"
                          f"{_eta(status)}")
         if st.button("Stop", icon=":material/stop:", key=f"stop_{run.id}",
                      help="Stops within a moment; the best model so far is kept if an epoch has finished."):
             run.request_stop()
             st.toast("Stopping…")
     elif state == "failed":
-        st.error(status.get("error") or "The training failed.")
+        st.error(status.error or "The training failed.")
         with st.expander("Technical log"):
             st.code(run.log_tail(), language=None)
     else:
@@ -172,7 +172,7 @@ def live_view(run: Run, polling: bool) -> None:
             c4.metric("Images through the network", metrics["n_extracted"],
                       help="Images whose features had to be computed; the rest came from the cache.")
         if state == "stopped":
-            st.info(status.get("message") or "Stopped.")
+            st.info(status.message or "Stopped.")
         if run.has_results():
             st.page_link("pages/5_predictions.py", label="See what the model got right and wrong",
                          icon=":material/grid_view:")
@@ -185,14 +185,14 @@ def live_view(run: Run, polling: bool) -> None:
 
 
 def show_run(run: Run) -> None:
-    active = run.status().get("state") in ACTIVE_STATES
+    active = run.status().state in ACTIVE_STATES
     # Poll the run folder every second while it trains; a finished run is drawn once.
     st.fragment(live_view, run_every="1s" if active else None)(run, active)
 
 
 # A training in progress comes first (someone demoing wants the curves on screen); otherwise the settings do.
 run = watched_run()
-if run is not None and run.status().get("state") in ACTIVE_STATES:
+if run is not None and run.status().state in ACTIVE_STATES:
     show_run(run)
     st.divider()
     with st.expander("Start another training (it waits until this one ends)"):
@@ -204,6 +204,6 @@ if result:
     run = watched_run()
     if run is not None:
         st.rerun()  # redraw with the new run on top
-if run is not None and run.status().get("state") not in ACTIVE_STATES:
+if run is not None and run.status().state not in ACTIVE_STATES:
     st.divider()
     show_run(run)

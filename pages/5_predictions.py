@@ -10,13 +10,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.evaluate import frame_confusion
 from core.runs import Run, list_runs
 from ui.common import dataset_label, md
 from ui.frame import require_frame
 from ui.labeling_views import fix_controls, retrain_button, retrain_status
-from ui.prediction_views import (ALL, SORTS, WRONG_CSS, cell_from_selection, clickable_confusion, confusion_from,
+from ui.prediction_views import (ALL, SORTS, WRONG_CSS, cell_from_selection, clickable_confusion,
                                  export_check_sentence, filter_predictions, model_file_ready, per_class_table,
-                                 predict_uploads, prepare_predictions, square_thumb)
+                                 predict_uploads, square_thumb)
 from ui.state import init_state
 
 require_frame(__file__)
@@ -78,7 +79,7 @@ for col, (title, value, explanation) in zip(st.columns(len(summary)), summary):
 def export_check_note(run: Run) -> None:
     """The export check runs in the training process just after the run is marked done: poll until it lands."""
     check = (run.metrics() or {}).get("export_check")
-    finished = run.status().get("finished_at") or 0
+    finished = run.status().finished_at or 0
     if check is None and metrics.get("n_val") and time.time() - finished < 120:
         st.info("Checking the saved model file against the app's predictions… (a few seconds)")
         return
@@ -97,7 +98,6 @@ except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
 if frame is None or frame.empty or not classes:
     st.warning("This run saved no predictions (predictions.csv is missing), so there is nothing to show below.")
     st.stop()
-frame = prepare_predictions(frame)
 
 # ------------------------------------------------------------------------------------------- confusion
 splits = [s for s in ("val", "test") if (frame["split"] == s).any()]
@@ -108,7 +108,7 @@ if len(splits) > 1:
                                  help="Validation photos guided the training (when to stop); test photos did not.") \
         or "val"
 rows = frame[frame["split"] == split]
-matrix = confusion_from(rows, classes)
+matrix = frame_confusion(rows, classes)
 
 # Filter widgets' defaults (set before they are drawn; a click on the chart changes them in its callback).
 for key, default in (("pred_true", ALL), ("pred_said", ALL), ("pred_outcome", "all")):
@@ -208,7 +208,7 @@ st.page_link("pages/2_label.py", label="More labelling tools (undo, trash, dupli
 # ------------------------------------------------------------------------------------------- new images
 st.subheader("Try it on new photos")
 st.caption("Drop photos (or a .zip of photos) the model has never seen. Nothing is added to your dataset.")
-model_path = run.file("model.keras")
+model_path = run.model_path
 uploads = None
 if model_file_ready(run, key="pred_model_new"):
     uploads = st.file_uploader("Photos or a .zip", accept_multiple_files=True, key="pred_uploads",
@@ -260,10 +260,10 @@ st.subheader("Download")
 st.caption("`model.keras` takes a photo of any size (RGB, values 0–255) and returns one probability per class in "
            "the order of `labels.json`; it needs only Keras, none of this app's code. TFLite is for phones.")
 d1, d2, d3, d4 = st.columns(4)
-d1.download_button("Predictions (CSV)", functools.partial(run.file("predictions.csv").read_bytes),
+d1.download_button("Predictions (CSV)", functools.partial(run.file(Run.PREDICTIONS).read_bytes),
                    file_name=f"{run_id}-predictions.csv", mime="text/csv", key="pred_dl_csv",
                    icon=":material/table:", on_click="ignore", help="One line per validation/test photo.")
-d3.download_button("Class names (labels.json)", functools.partial(run.file("labels.json").read_bytes),
+d3.download_button("Class names (labels.json)", functools.partial(run.file(Run.LABELS).read_bytes),
                    file_name="labels.json", mime="application/json", key="pred_dl_labels",
                    icon=":material/label:", on_click="ignore")
 if model_path.exists():  # else the notice above says why it is not there (yet)
@@ -271,7 +271,7 @@ if model_path.exists():  # else the notice above says why it is not there (yet)
                        file_name=f"{run_id}.keras", mime="application/octet-stream", key="pred_dl_model",
                        icon=":material/neurology:", on_click="ignore",
                        help=f"{model_path.stat().st_size / 1e6:.0f} MB")
-    tflite = run.file("model.tflite")
+    tflite = run.tflite_path
     fresh = tflite.exists() and tflite.stat().st_mtime_ns >= model_path.stat().st_mtime_ns
     with d4:
         if fresh:

@@ -164,8 +164,8 @@ for _, row in selected.iterrows():
                      args=(run_id,))
             n.button("Cancel", key=f"runs_delete_no_{run_id}", on_click=ask_delete, args=(None,))
         status = run.status()
-        if status.get("error"):
-            st.error(f"This run failed: {md(status['error'])}")
+        if status.error:
+            st.error(f"This run failed: {md(status.error)}")
         with st.expander("Settings (config.json)"):
             st.caption("Everything needed to repeat this run: the settings and the library versions.")
             st.json(run.config_dict(), expanded=2)

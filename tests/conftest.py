@@ -66,7 +66,7 @@ def demo_run(tmp_path_factory) -> Path:
 
         run = create_run(TrainConfig(data=str(DEMO), mode="bottleneck", epochs=15), ws / "runs" / "demo-run")
         status = execute_run(run)
-        assert status["state"] == "done", status
+        assert status.state == "done", status
     finally:
         if old is None:
             os.environ.pop("FEWSHOT_WORKSPACE", None)

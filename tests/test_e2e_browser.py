@@ -196,7 +196,7 @@ def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path):
 def test_predictions_wait_for_the_model_file_then_show_what_needs_it(server, page, demo_run):
     """A bottleneck run is done before its model.keras exists: the page shows the results at once and polls until
     the file lands (here: put back by the test while a live process stands in for the run's)."""
-    from core.runs import _process_start_time, get_run
+    from core.runs import process_start_time, get_run
 
     url, ws = server
     run_dir = ws / "runs" / f"zz-{demo_run.name}"  # sorts first: the page's default run
@@ -206,7 +206,7 @@ def test_predictions_wait_for_the_model_file_then_show_what_needs_it(server, pag
     stand_in = subprocess.Popen(["sleep", "300"])
     try:
         get_run(run_dir).update_status(model_file="writing", pid=stand_in.pid,
-                                       pid_start=_process_start_time(stand_in.pid))
+                                       pid_start=process_start_time(stand_in.pid))
         page.goto(f"{url}/predictions")
         page.wait_for_selector("text=Writing the model file", timeout=120_000)
         page.wait_for_selector("text=Confusion matrix", timeout=60_000)

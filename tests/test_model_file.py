@@ -15,7 +15,7 @@ from conftest import PROJECT_ROOT, open_app_page
 from core.config import TrainConfig
 from core.execute import execute_run, write_run_model
 from core.export import load_model, predict_files
-from core.runs import _process_start_time, create_run, get_run
+from core.runs import process_start_time, create_run, get_run
 from core.training import TrainingError, write_model_file
 
 
@@ -43,8 +43,8 @@ def _model_agrees_with_predictions(run_dir) -> None:
 def test_bottleneck_run_is_done_before_its_model_file_which_follows(workspace, tiny_dataset):
     run = create_run(TrainConfig(data=str(tiny_dataset), mode="bottleneck", epochs=3))
     status = execute_run(run)
-    assert status["state"] == "done" and status["model_file"] == "ready", status
-    assert status["finished_at"] < status["model_written_at"]
+    assert status.state == "done" and status.model_file == "ready", status
+    assert status.finished_at < status.model_written_at
     assert run.has_model() and run.model_file_state() == "ready"
     assert run.metrics()["export_check"]["same_top1"] == 1.0  # the file, loaded back, predicts what the run did
 
@@ -52,9 +52,9 @@ def test_bottleneck_run_is_done_before_its_model_file_which_follows(workspace, t
 def test_scratch_run_writes_its_model_before_it_is_done(workspace, tiny_dataset):
     run = create_run(TrainConfig(data=str(tiny_dataset), mode="scratch", epochs=1, batch_size=8))
     status = execute_run(run)
-    assert status["state"] == "done" and status["model_file"] == "ready" and "model_written_at" not in status
+    assert status.state == "done" and status.model_file == "ready" and status.model_written_at is None
     with pytest.raises(TrainingError, match="no trained head on a frozen backbone"):
-        write_model_file(run.path)  # nothing in the folder but model.keras holds a scratch model's weights
+        write_model_file(run)  # nothing in the folder but model.keras holds a scratch model's weights
 
 
 def test_process_that_died_before_writing_the_model_file_is_reported_and_repaired(run_copy):
@@ -62,11 +62,11 @@ def test_process_that_died_before_writing_the_model_file_is_reported_and_repaire
     run = get_run(run_copy)
     assert run.model_file_state() == "failed"
     status = run.status()
-    assert status["state"] == "done" and "ended before it wrote the model file" in status["model_error"]
+    assert status.state == "done" and "ended before it wrote the model file" in status.model_error
     assert run.has_results() and not run.has_model()
 
     status = write_run_model(run)
-    assert status["model_file"] == "ready" and status["model_error"] is None
+    assert status.model_file == "ready" and status.model_error is None
     _model_agrees_with_predictions(run_copy)
 
 
@@ -77,13 +77,13 @@ def test_cli_writes_the_model_file_again(run_copy):
                             capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(run_copy / "model.keras")
-    assert get_run(run_copy).status()["model_file"] == "ready"
+    assert get_run(run_copy).status().model_file == "ready"
     _model_agrees_with_predictions(run_copy)
 
 
 def test_predictions_page_shows_results_while_the_model_file_is_written(run_copy):
     # This process stands in for the run's: alive, so the model file is still being written.
-    _as_if_writing(run_copy, os.getpid(), _process_start_time(os.getpid()))
+    _as_if_writing(run_copy, os.getpid(), process_start_time(os.getpid()))
     at = open_app_page("pages/5_predictions.py")
     assert not at.exception
     assert at.selectbox(key="pred_run").value == run_copy.name

@@ -174,7 +174,7 @@ def test_suggestions_sort_and_accept_all(workspace, demo_run):
         assert any(f"Retraining `{new.id}`" in bar.proto.text for bar in at.get("progress"))
     finally:  # not needed to finish here (tests/test_labeling and the timing in the report cover training)
         new.request_stop()
-        pid = new.status().get("pid")
+        pid = new.status().pid
         if pid and process_alive(pid):
             os.kill(pid, signal.SIGTERM)  # the run process this test started (a child of this process): reap it
             for _ in range(100):

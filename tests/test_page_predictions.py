@@ -13,8 +13,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import DEMO, PROJECT_ROOT, open_app_page
-from ui.prediction_views import ALL, cell_from_selection, clickable_confusion, confusion_from, filter_predictions, \
-    prepare_predictions
+from core.evaluate import frame_confusion
+from core.runs import Run
+from ui.prediction_views import ALL, cell_from_selection, clickable_confusion, filter_predictions
 
 
 def predictions_page(**state) -> AppTest:
@@ -102,12 +103,17 @@ def test_clickable_matrix_maps_a_clicked_point_to_its_cell():
     assert "2 images (wrong)" in cells.hovertext[index]
 
 
-def test_filters_and_confusion_from_predictions():
-    frame = prepare_predictions(pd.DataFrame({
-        "path": ["a", "b", "c", "d"], "split": ["val", "val", "val", "test"], "label": ["1", "1", "2", "2"],
-        "predicted": ["1", "2", "2", "1"], "confidence": [0.9, 0.6, 0.7, 0.8], "margin": [0.8, 0.2, 0.4, 0.6],
-        "correct": [True, False, True, False]}))
-    assert confusion_from(frame[frame["split"] == "val"], ["1", "2"]) == [[1, 1], [0, 1]]
+def test_filters_and_confusion_from_predictions(tmp_path):
+    # Classes named "1" and "01" must come back from predictions.csv as those texts, not the number 1.
+    Run(tmp_path).write_predictions(pd.DataFrame({
+        "path": ["a", "b", "c", "d", "e"], "split": ["val", "val", "val", "test", "val"],
+        "label": ["1", "1", "2", "2", "01"], "predicted": ["1", "2", "2", "1", "1"],
+        "confidence": [0.9, 0.6, 0.7, 0.8, 0.5], "margin": [0.8, 0.2, 0.4, 0.6, 0.1],
+        "correct": [True, False, True, False, True]}))
+    frame = Run(tmp_path).predictions()
+    assert frame["label"].tolist() == ["1", "1", "2", "2", "01"] and not frame["correct"].iloc[4]
+    frame = frame.iloc[:4]
+    assert frame_confusion(frame[frame["split"] == "val"], ["1", "2"]) == [[1, 1], [0, 1]]
     assert filter_predictions(frame, "val")["path"].tolist() == ["b", "c", "a"]
     assert filter_predictions(frame, "val", sort="most sure first")["path"].tolist() == ["a", "c", "b"]
     assert filter_predictions(frame, "val", outcome="wrong")["path"].tolist() == ["b"]
@@ -185,7 +191,7 @@ def test_fix_a_photo_from_a_confusion_cell_then_retrain(run_copy, demo_run):
 
     ws = run_copy.parent.parent
     shutil.copytree(demo_run.parent.parent / "cache", ws / "cache")  # the demo's cached features come along
-    first = prepare_predictions(pd.read_csv(run_copy / "predictions.csv"))
+    first = Run(run_copy).predictions()
     true_class = first[first["split"] == "val"]["label"].iloc[0]
     at = predictions_page(pred_true=true_class, pred_said=true_class)
     copy_buttons = [b for b in at.button if b.key and b.key.endswith("_copy")]
@@ -208,9 +214,9 @@ def test_fix_a_photo_from_a_confusion_cell_then_retrain(run_copy, demo_run):
     new_id = at.session_state["pred_retrain_started"]
     new = get_run(new_id)
     deadline = time.time() + 240
-    while new.status()["state"] in ("queued", "running") and time.time() < deadline:
+    while new.status().state in ("queued", "running") and time.time() < deadline:
         time.sleep(1)
-    assert new.status()["state"] == "done", new.log_tail()
+    assert new.status().state == "done", new.log_tail()
     metrics = json.loads(new.file("metrics.json").read_text())
     assert metrics["n_extracted"] == 0  # a moved photo keeps its content: nothing re-extracted
     assert new.config().data == str(copies[0]) and len(list_runs()) == 2

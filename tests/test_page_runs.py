@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import PROJECT_ROOT
-from core.runs import _process_start_time
+from core.runs import process_start_time
 
 
 def runs_page() -> AppTest:
@@ -114,7 +114,7 @@ def test_delete_asks_first_then_removes_the_copy(run_copy):
 def test_a_running_run_is_not_deleted(run_copy):
     status = json.loads((run_copy / "status.json").read_text())
     # This test process stands in for the training process: alive, so the run really is "running".
-    status.update(state="running", pid=os.getpid(), pid_start=_process_start_time(os.getpid()), finished_at=None)
+    status.update(state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()), finished_at=None)
     (run_copy / "status.json").write_text(json.dumps(status))
     at = select_rows(runs_page(), 0)
     at.button(key=f"runs_delete_{run_copy.name}").click().run()

@@ -35,9 +35,9 @@ def test_training_started_from_the_page_finishes_and_shows_results(workspace):
     run = runs[0]
     assert run.config().epochs == 5 and run.config().mode == "bottleneck"
     deadline = time.time() + 240
-    while run.status()["state"] in ("queued", "running") and time.time() < deadline:
+    while run.status().state in ("queued", "running") and time.time() < deadline:
         time.sleep(1)
-    assert run.status()["state"] == "done", run.log_tail()
+    assert run.status().state == "done", run.log_tail()
     at.run()
     assert not at.exception
     assert any("Finished" in s.value for s in at.subheader)

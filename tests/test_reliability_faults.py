@@ -55,7 +55,7 @@ def leftovers(folder: Path) -> list[Path]:
 
 def finished(run) -> dict | None:
     status = run.status()
-    return status if status["state"] not in ACTIVE_STATES else None
+    return status if status.state not in ACTIVE_STATES else None
 
 
 def training_page(dataset: Path | None = None) -> AppTest:
@@ -85,15 +85,15 @@ def test_kill_9_during_a_run_leaves_dataset_cache_and_earlier_runs_intact(worksp
     start_run_process(run)
     # Kill as soon as the new run has written part of its features: the cache is being written at that moment.
     wait_for(lambda: len(cache_entries(workspace)) > n_cached or finished(run), interval=0.02)
-    os.kill(run.status()["pid"], signal.SIGKILL)
+    os.kill(run.status().pid, signal.SIGKILL)
     status = wait_for(lambda: finished(run), 30)
-    assert status["state"] == "failed" and "ended unexpectedly" in status["error"]
+    assert status.state == "failed" and "ended unexpectedly" in status.error
     assert n_cached < len(cache_entries(workspace)) < n_cached + 120  # killed mid-extraction
 
     assert not run.has_model() and not leftovers(run.path)
     assert_cache_sound(workspace, temp_files_allowed=True)
     assert digest(workspace / "datasets") == data_files
-    assert digest(earlier.path) == earlier_files and earlier.status()["state"] == "done"
+    assert digest(earlier.path) == earlier_files and earlier.status().state == "done"
     probs, failed = predict_files(load_model(earlier.file("model.keras")), sorted(data.rglob("*.png"))[:4])
     assert not failed and np.isfinite(probs).all()
     # The next run uses what the killed one cached and computes only the rest.
@@ -122,7 +122,7 @@ def test_training_page_reattaches_to_a_run_after_a_server_restart(workspace, tin
         status = wait_for(lambda: finished(run), 120)
     finally:
         run.request_stop()
-    assert status["state"] == "stopped"
+    assert status.state == "stopped"
     second_life.run()
     third_life = training_page()
     for at in (first_life, second_life, third_life):
@@ -189,7 +189,7 @@ def test_full_disk_for_the_cache_goes_on_uncached_and_for_the_model_fails_clearl
     run = create_run(TrainConfig(data=str(tiny_dataset), mode="bottleneck", epochs=2))
     monkeypatch.setattr(fsutil, "atomic_path", _full_disk_for(real, lambda t: "features" in t.parts))
     status = execute_run(run)
-    assert status["state"] == "done", status
+    assert status.state == "done", status
     assert run.has_model() and cache_entries(workspace) == []
     assert_cache_sound(workspace)
     err = capfd.readouterr().err
@@ -199,8 +199,8 @@ def test_full_disk_for_the_cache_goes_on_uncached_and_for_the_model_fails_clearl
     monkeypatch.setattr(fsutil, "atomic_path", _full_disk_for(real, lambda t: t == second.file("model.keras")))
     status = execute_run(second)
     # The run's results are kept (they were written before the model file); the model file is said to be missing.
-    assert status["state"] == "done" and status["model_file"] == "failed", status
-    assert "disk is full" in status["model_error"] and "Traceback" not in status["model_error"]
+    assert status.state == "done" and status.model_file == "failed", status
+    assert "disk is full" in status.model_error and "Traceback" not in status.model_error
     assert not second.has_model() and second.has_results() and not leftovers(second.path)
     assert len(cache_entries(workspace)) == 24  # this time the cache was writable
     assert_cache_sound(workspace)
@@ -278,10 +278,10 @@ def test_two_sessions_start_training_at_once_both_finish_with_one_shared_cache(w
     assert len(runs) == 2 and {at.session_state["watch_run"] for at in sessions} == {r.id for r in runs}
     seen_waiting = False
     deadline = time.time() + 400
-    while any(r.status()["state"] in ACTIVE_STATES for r in runs) and time.time() < deadline:
-        seen_waiting |= any(r.status().get("message") == "waiting for another training to finish" for r in runs)
+    while any(r.status().state in ACTIVE_STATES for r in runs) and time.time() < deadline:
+        seen_waiting |= any(r.status().message == "waiting for another training to finish" for r in runs)
         time.sleep(0.1)
-    assert [r.status()["state"] for r in runs] == ["done", "done"], [r.log_tail() for r in runs]
+    assert [r.status().state for r in runs] == ["done", "done"], [r.log_tail() for r in runs]
     assert seen_waiting  # one waited, visibly, while the other trained
     # One extracted every image, the other (after waiting) found them all cached: one entry per image content.
     assert sorted(r.metrics()["n_extracted"] for r in runs) == [0, 18]
@@ -310,12 +310,12 @@ def test_relabelling_while_a_run_reads_the_dataset_never_crashes_it(workspace):
         moves += 1
         time.sleep(0.01)
     status = wait_for(lambda: finished(run), 30)
-    print(f"relabelling: {moves} moves during the run; it ended {status['state']}: {status.get('error')}")
+    print(f"relabelling: {moves} moves during the run; it ended {status.state}: {status.error}")
     assert moves > 20
-    assert status["state"] in ("done", "failed"), status
-    if status["state"] == "failed":
-        assert status["error"] and "ended unexpectedly" not in status["error"] and "Traceback" not in status["error"]
-        assert "\n" not in status["error"]
+    assert status.state in ("done", "failed"), status
+    if status.state == "failed":
+        assert status.error and "ended unexpectedly" not in status.error and "Traceback" not in status.error
+        assert "\n" not in status.error
     else:
         assert wait_for(run.has_model, 60)  # written just after the run is done
     assert sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in data.rglob("*.png")) == contents_before

@@ -518,7 +518,7 @@ def test_one_hundred_classes_train_a_bottleneck_run(workspace, tmp_path):
     start = time.perf_counter()
     status = execute_run(run)
     print(f"100 classes: trained in {time.perf_counter() - start:.1f} s")
-    assert status["state"] == "done", status
+    assert status.state == "done", status
     metrics = run.metrics()
     assert metrics["classes"] == ds.classes and metrics["n_train"] == 100 and metrics["n_val"] == 99
     assert np.array(metrics["confusion"]).shape == (100, 100)

@@ -28,19 +28,19 @@ def _long_run(data: Path, **settings):
 def test_stop_request_ends_a_run_as_stopped_keeping_the_best_model(workspace, tiny_dataset):
     run = _long_run(tiny_dataset)
     wait_for(lambda: len(run.history()) >= 2)
-    assert run.status()["state"] == "running"
+    assert run.status().state == "running"
     run.request_stop()
-    status = wait_for(lambda: run.status() if run.status()["state"] not in ("queued", "running") else None, 120)
-    assert status["state"] == "stopped"
+    status = wait_for(lambda: run.status() if run.status().state not in ("queued", "running") else None, 120)
+    assert status.state == "stopped"
     assert run.has_model() and run.metrics()["epochs_run"] < 500
 
 
 def test_killed_process_leaves_the_run_failed_and_no_model(workspace, tiny_dataset):
     run = _long_run(tiny_dataset)
     wait_for(lambda: len(run.history()) >= 1)
-    os.kill(run.status()["pid"], signal.SIGKILL)
-    status = wait_for(lambda: run.status() if run.status()["state"] == "failed" else None, 30)
-    assert "ended unexpectedly" in status["error"]
+    os.kill(run.status().pid, signal.SIGKILL)
+    status = wait_for(lambda: run.status() if run.status().state == "failed" else None, 30)
+    assert "ended unexpectedly" in status.error
     assert not run.has_model()
     assert not [p for p in run.path.iterdir() if ".tmp" in p.name]  # no half-written file left behind
     table = runs_table()
@@ -49,13 +49,13 @@ def test_killed_process_leaves_the_run_failed_and_no_model(workspace, tiny_datas
 
 def test_second_run_waits_in_a_visible_queue(workspace, tiny_dataset):
     first = _long_run(tiny_dataset)
-    wait_for(lambda: first.status()["state"] == "running")
+    wait_for(lambda: first.status().state == "running")
     second = create_run(TrainConfig(data=str(tiny_dataset), mode="bottleneck", epochs=2))
     start_run_process(second)
-    wait_for(lambda: second.status().get("message") == "waiting for another training to finish", 60)
-    assert second.status()["state"] == "queued"
+    wait_for(lambda: second.status().message == "waiting for another training to finish", 60)
+    assert second.status().state == "queued"
     first.request_stop()
-    assert wait_for(lambda: second.status()["state"] == "done", 240)
+    assert wait_for(lambda: second.status().state == "done", 240)
     assert [r.id for r in list_runs()] == sorted([first.id, second.id], reverse=True)
 
 
@@ -68,7 +68,7 @@ def test_history_is_readable_while_written(workspace, tiny_dataset):
             time.sleep(0.1)
     finally:
         run.request_stop()
-        wait_for(lambda: run.status()["state"] in ("stopped", "done", "failed"), 120)
+        wait_for(lambda: run.status().state in ("stopped", "done", "failed"), 120)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

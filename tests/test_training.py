@@ -23,7 +23,7 @@ RUN_FILES = {"config.json", "status.json", "history.csv", "metrics.json", "model
 def _train(data: Path, out: Path, **settings) -> tuple[dict, Path]:
     run = create_run(TrainConfig(data=str(data), **settings), out)
     status = execute_run(run)
-    assert status["state"] == "done", status
+    assert status.state == "done", status
     return json.loads((out / "metrics.json").read_text()), out
 
 

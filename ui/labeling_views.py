@@ -254,7 +254,7 @@ def _retrain(run: Run, data: Path, state_key: str) -> None:
     started = st.session_state.get(state_key)
     if started:
         try:
-            if get_run(started).status().get("state") in ACTIVE_STATES:
+            if get_run(started).status().state in ACTIVE_STATES:
                 st.toast(f"Already retraining (`{started}`): it takes seconds.", icon=":material/hourglass_top:")
                 return
         except RunError:
@@ -293,23 +293,23 @@ def retrain_status(key: str) -> None:
     except RunError:  # deleted meanwhile (the Runs page, another tab)
         st.session_state.pop(f"{key}_started", None)
         return
-    active = new.status().get("state") in ACTIVE_STATES
+    active = new.status().state in ACTIVE_STATES
     # Poll while it trains; once it ends the fragment reruns the page, so the new run is listed everywhere.
     st.fragment(_retrain_progress, run_every="1s" if active else None)(new, active, key)
 
 
 def _retrain_progress(new: Run, was_active: bool, key: str) -> None:
     status = new.status()
-    state = status.get("state")
+    state = status.state
     if state in ACTIVE_STATES:
-        st.progress(float(status.get("progress") or 0.0),
-                    text=f"Retraining `{new.id}`: {status.get('message') or state}…")
+        st.progress(float(status.progress or 0.0),
+                    text=f"Retraining `{new.id}`: {status.message or state}…")
         st.page_link("pages/4_training.py", label="Watch its curves", icon=":material/monitoring:")
         return
     if was_active:
         st.rerun()  # the whole page: the finished run joins the run lists
     if state != "done" or not new.has_results():
-        st.error(f"The retraining `{new.id}` ended {state}: {md(status.get('error') or status.get('message'))}")
+        st.error(f"The retraining `{new.id}` ended {state}: {md(status.error or status.message)}")
         st.page_link("pages/4_training.py", label="See it on the Training page", icon=":material/monitoring:")
         return
     after = new.metrics() or {}
@@ -319,7 +319,7 @@ def _retrain_progress(new: Run, was_active: bool, key: str) -> None:
     except RunError:
         previous = {}
     # From the click (the run folder's creation) to the results: what the user waited.
-    seconds = (status.get("finished_at") or 0) - (status.get("created_at") or status.get("started_at") or 0)
+    seconds = (status.finished_at or 0) - (status.created_at or status.started_at or 0)
     change = ""
     if after.get("val_accuracy") is not None and previous.get("val_accuracy") is not None:
         change = f": validation accuracy {after['val_accuracy']:.0%} (was {previous['val_accuracy']:.0%})"

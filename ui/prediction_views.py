@@ -29,21 +29,6 @@ WRONG_CSS = """<style>
 
 
 # ------------------------------------------------------------------------------------------- the run's results
-def prepare_predictions(frame: pd.DataFrame) -> pd.DataFrame:
-    """predictions.csv with labels as text (a class named "1" must not become the number 1) and `correct` recomputed."""
-    frame = frame.copy()
-    for col in ("label", "predicted", "split", "path"):
-        frame[col] = frame[col].astype(str)
-    frame["correct"] = frame["label"] == frame["predicted"]
-    return frame
-
-
-def confusion_from(frame: pd.DataFrame, classes: list[str]) -> list[list[int]]:
-    """Rows: true class, columns: predicted class, in the order of `classes`."""
-    table = pd.crosstab(frame["label"], frame["predicted"]).reindex(index=classes, columns=classes, fill_value=0)
-    return table.astype(int).values.tolist()
-
-
 def clickable_confusion(matrix: list[list[int]], classes: list[str]) -> go.Figure:
     """The confusion heatmap with one invisible square marker per cell on top.
 
@@ -153,16 +138,16 @@ def model_file_ready(run, key: str) -> bool:
     if state == "writing":
         st.fragment(_wait_for_model_file, run_every="1s")(run)
     elif state == "failed":
-        st.error(f"The model file could not be written: {run.status().get('model_error') or 'unknown reason'}")
+        st.error(f"The model file could not be written: {run.status().model_error or 'unknown reason'}")
         if st.button("Write the model file again", key=f"{key}_rewrite", icon=":material/refresh:",
                      help="Builds model.keras from this run's trained head and the frozen backbone."):
             from core.execute import write_run_model  # loads TensorFlow
 
             with st.spinner("Writing the model file…"):
                 status = write_run_model(run)
-            if status.get("model_file") == "ready":
+            if status.model_file == "ready":
                 st.rerun()
-            st.error(f"Still failing: {status.get('model_error')}")
+            st.error(f"Still failing: {status.model_error}")
     else:
         st.warning("This run's model file is gone (deleted, or never written); pick another run or train again.")
     return False

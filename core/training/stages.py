@@ -1,0 +1,163 @@
+"""The recipe's stages, each a function from the splits to a trained model, with the time it took:
+
+    train_scratch           the small convnet, end to end, with augmentation (the baseline)
+    train_bottleneck_head   cached backbone features → dense head, in seconds
+    finetune                the backbone's top block + head, SGD with a small learning rate, BatchNorm in inference
+                            mode, augmentation on
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.augment import build_augmenter
+from core.backbones import build_feature_extractor, get_backbone, set_top_block_trainable
+from core.config import TrainConfig
+from core.errors import FewShotError
+from core.features import extract_features
+from core.models import build_head, build_image_classifier, build_scratch_body, loss_for, with_augmentation
+from core.reporting import Reporter
+from core.runs import Run, get_run
+from core.tfenv import keras
+from core.training.data import SPLIT_NAMES, SplitData, class_weights
+from core.training.fit import fit_on_images, rounded
+from core.training.head import HeadFitConfig, fit_head
+from core.workspace import features_dir
+
+
+class TrainingError(FewShotError):
+    """Training cannot proceed; the message says why in plain words."""
+
+
+@dataclass
+class StageTimes:
+    """What a stage cost; the run's metrics.json reports the sums."""
+    n_extracted: int = 0          # images that went through the backbone (not read from the cache)
+    extract_seconds: float = 0.0
+    train_seconds: float = 0.0
+
+    def __add__(self, other: StageTimes) -> StageTimes:
+        return StageTimes(self.n_extracted + other.n_extracted, self.extract_seconds + other.extract_seconds,
+                          self.train_seconds + other.train_seconds)
+
+
+@dataclass
+class HeadResult:
+    head: keras.Model
+    probs: dict[str, np.ndarray]  # per split, from the features (no second pass through the backbone)
+    times: StageTimes
+
+
+def train_bottleneck_head(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData],
+                          reporter: Reporter) -> HeadResult:
+    """Extract (or read cached) features, train the dense head on them. `splits` loses the files that turned out
+    unreadable at extraction time."""
+    spec = get_backbone(cfg.backbone)
+    times = StageTimes()
+    all_paths = [p for s in SPLIT_NAMES for p in splits[s].paths]
+    reporter.phase("extracting", "extracting features")
+    started = time.perf_counter()
+    result = extract_features(all_paths, cfg.backbone, features_dir(),
+                              progress=lambda d, t: reporter.progress(d, t, f"extracting features: {d}/{t} images"),
+                              should_stop=reporter.should_stop)
+    times.n_extracted += result.n_extracted
+    feats, offset = {}, 0
+    for s in SPLIT_NAMES:
+        n = len(splits[s])
+        ok = result.ok[offset:offset + n]
+        # A file that became unreadable after the scan (moved, truncated mid-run) is left out, not learned
+        # from as an all-zero feature vector.
+        feats[s] = result.features[offset:offset + n][ok]
+        splits[s] = splits[s].keep(ok)
+        offset += n
+    for path, reason in result.failed:
+        reporter.log(f"skipped {path}: {reason}")
+    x_train, y_train = feats["train"], splits["train"].y
+    if cfg.augment_copies and cfg.augment.enabled and not cfg.augment.is_identity():
+        for copy in range(1, cfg.augment_copies + 1):
+            reporter.phase("extracting", f"augmented copy {copy} of {cfg.augment_copies}")
+            aug = extract_features(splits["train"].paths, cfg.backbone, features_dir(), augment=cfg.augment,
+                                   copy=copy, should_stop=reporter.should_stop,
+                                   progress=lambda d, t, c=copy: reporter.progress(
+                                       d, t, f"augmented copy {c}: {d}/{t} images"))
+            times.n_extracted += aug.n_extracted
+            x_train = np.concatenate([x_train, aug.features])
+            y_train = np.concatenate([y_train, splits["train"].y])
+    times.extract_seconds += time.perf_counter() - started
+
+    keras.utils.set_random_seed(cfg.seed)
+    head = build_head(spec.feature_dim, n_classes, cfg.dense_units, cfg.dropout)
+    has_val = len(splits["val"]) > 0
+    weights = class_weights(y_train, n_classes) if cfg.class_weights == "balanced" else None
+    reporter.phase("bottleneck", f"bottleneck: epoch 1 of {cfg.epochs}")
+    offset = len(reporter.history)
+
+    def on_epoch(row: dict) -> bool:
+        row = {**{k: rounded(v) for k, v in row.items()}, "epoch": offset + row["epoch"], "stage": "bottleneck"}
+        reporter.epoch(row)
+        reporter.progress(row["epoch"] - offset, cfg.epochs, f"bottleneck: epoch {row['epoch'] - offset} of "
+                                                              f"{cfg.epochs}")
+        return reporter.should_stop()
+
+    started = time.perf_counter()
+    fit_head(head, x_train, y_train, feats["val"] if has_val else None, splits["val"].y if has_val else None,
+             HeadFitConfig(cfg.epochs, cfg.batch_size, cfg.lr, cfg.patience if cfg.early_stopping else None,
+                           cfg.seed), weights, on_epoch)
+    times.train_seconds += time.perf_counter() - started
+    probs = {s: head(feats[s], training=False).numpy() if len(splits[s]) else np.zeros((0, 1)) for s in feats}
+    return HeadResult(head, probs, times)
+
+
+def saved_head(run: Run, n_classes: int) -> keras.Model:
+    """The dense head a run saved, rebuilt with that run's settings."""
+    cfg = run.config()
+    head = build_head(get_backbone(cfg.backbone).feature_dim, n_classes, cfg.dense_units, cfg.dropout)
+    head.load_weights(run.head_path)
+    return head
+
+
+def load_head_from_run(source_path, cfg: TrainConfig, classes: list[str]) -> keras.Model:
+    """The trained head of a finished bottleneck (or finetune) run, checked to fit this run."""
+    source = get_run(source_path)
+    src_cfg = source.config()
+    if src_cfg.mode == "scratch":
+        raise TrainingError(f"--from {source.id}: a scratch run has no head to fine-tune; use a bottleneck run.")
+    if src_cfg.backbone != cfg.backbone:
+        raise TrainingError(f"--from {source.id} used backbone {src_cfg.backbone}, not {cfg.backbone}.")
+    if source.labels() != classes:
+        raise TrainingError(f"--from {source.id} was trained on classes {source.labels()}, this dataset has "
+                            f"{classes}. Retrain the bottleneck head first.")
+    if not source.has_head():
+        raise TrainingError(f"--from {source.id} has no {Run.HEAD} (did it finish?).")
+    return saved_head(source, len(classes))
+
+
+def finetune(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData], head: keras.Model,
+             reporter: Reporter) -> tuple[keras.Model, StageTimes]:
+    """Unfreeze the backbone's top block and train it with the head: SGD(lr, momentum 0.9), augmentation on."""
+    spec = get_backbone(cfg.backbone)
+    # A fresh copy: fine-tuning the process-wide cached extractor would change the features (and cache entries)
+    # and exported models of every later run in this process.
+    extractor = build_feature_extractor(cfg.backbone)
+    n_trainable = set_top_block_trainable(extractor, cfg.backbone)
+    reporter.log(f"fine-tuning {n_trainable:,} parameters of {cfg.backbone}'s top block and the head")
+    classifier = build_image_classifier(extractor, head)
+    model = with_augmentation(classifier, build_augmenter(cfg.augment, seed=cfg.seed))
+    model.compile(optimizer=keras.optimizers.SGD(cfg.finetune_lr, momentum=0.9), loss=loss_for(n_classes),
+                  metrics=["accuracy"])
+    seconds = fit_on_images(model, cfg, splits, spec.input_size, n_classes, reporter, "finetune",
+                            cfg.finetune_epochs)
+    return classifier, StageTimes(train_seconds=seconds)
+
+
+def train_scratch(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData],
+                  reporter: Reporter) -> tuple[keras.Model, StageTimes]:
+    size = cfg.input_size()
+    keras.utils.set_random_seed(cfg.seed)
+    body = build_scratch_body(size, n_classes, cfg.dropout)
+    model = with_augmentation(body, build_augmenter(cfg.augment, seed=cfg.seed))
+    model.compile(optimizer=keras.optimizers.Adam(cfg.lr), loss=loss_for(n_classes), metrics=["accuracy"])
+    seconds = fit_on_images(model, cfg, splits, size, n_classes, reporter, "scratch", cfg.epochs)
+    return body, StageTimes(train_seconds=seconds)

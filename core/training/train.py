@@ -1,0 +1,111 @@
+"""Train one run: scan, the mode's stages, predictions and metrics, written into the run folder through `Run`."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core.config import TrainConfig
+from core.datasets import scan_dataset
+from core.evaluate import compute_metrics, predictions_frame
+from core.export import save_model
+from core.features import StopRequested, cached_extractor
+from core.models import build_export_model, build_image_classifier
+from core.reporting import Reporter
+from core.runs import Run
+from core.tfenv import keras
+from core.training.data import split_data, predict_images
+from core.training.stages import StageTimes, finetune, load_head_from_run, train_bottleneck_head, train_scratch
+
+
+@dataclass
+class TrainResult:
+    metrics: dict
+    # True when model.keras is left for `write_model_file`: the trained part of a bottleneck run is its head,
+    # saved with the predictions before the run is reported done, so the user sees a retrain's results without
+    # waiting for the ~1.5 s it takes to build and save the whole backbone into model.keras.
+    model_pending: bool
+
+
+def train(cfg: TrainConfig, run: Run, reporter: Reporter) -> TrainResult:
+    """Train per `cfg`, writing split, predictions, metrics, labels, head weights and (unless `model_pending`)
+    model.keras into the run folder."""
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(cfg.seed)
+    reporter.phase("scanning", "reading the dataset")
+    ds = scan_dataset(cfg.data, cfg.val_split, cfg.test_split, cfg.seed)
+    for skipped in ds.skipped:
+        reporter.log(f"skipped {skipped.path}: {skipped.reason}")
+    splits = split_data(ds)
+    run.write_split({
+        "root": str(ds.root), "layout": ds.layout, "classes": ds.classes,
+        "items": [{"path": str(it.path), "label": it.label, "split": it.split} for it in ds.items],
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in ds.skipped]})
+    n_classes = len(ds.classes)
+    size = cfg.input_size()
+    times = StageTimes()
+
+    probs: dict[str, np.ndarray] = {}
+    head = None
+    body = None  # the trained image model; None while only the head was trained (the backbone stays frozen)
+    if cfg.mode == "scratch":
+        body, stage_times = train_scratch(cfg, n_classes, splits, reporter)
+        times += stage_times
+    else:
+        if cfg.mode == "finetune" and cfg.from_run:
+            head = load_head_from_run(cfg.from_run, cfg, ds.classes)
+        else:
+            result = train_bottleneck_head(cfg, n_classes, splits, reporter)
+            head, probs, times = result.head, result.probs, times + result.times
+        if cfg.mode == "finetune" and not reporter.should_stop() and cfg.finetune_epochs:
+            with run.writing(Run.BOTTLENECK_HEAD) as tmp:
+                head.save_weights(tmp)
+            body, stage_times = finetune(cfg, n_classes, splits, head, reporter)
+            times += stage_times
+            probs = {}
+    if reporter.should_stop() and not reporter.history:
+        raise StopRequested()
+
+    reporter.phase("evaluating", "predicting the validation and test images")
+    for s in ("val", "test"):
+        if s not in probs:
+            if body is None:  # a head loaded --from another run: predict through the frozen backbone
+                body = build_image_classifier(cached_extractor(cfg.backbone)[0], head)
+            probs[s] = predict_images(body, splits[s].paths, size) if len(splits[s]) else np.zeros((0, 1))
+    frames = [predictions_frame(splits[s].paths, splits[s].y, probs[s], ds.classes, s)
+              for s in ("val", "test") if len(splits[s])]
+    if frames:
+        run.write_predictions(pd.concat(frames))
+    val_metrics = compute_metrics(splits["val"].y, probs["val"], ds.classes)
+    test_metrics = compute_metrics(splits["test"].y, probs["test"], ds.classes) if len(splits["test"]) else None
+
+    reporter.phase("saving", "saving the model")
+    model_pending = body is None
+    if not model_pending:
+        save_model(build_export_model(body, size, n_classes), run.model_path)
+    run.write_labels(ds.classes)
+    if head is not None:
+        with run.writing(Run.HEAD) as tmp:
+            head.save_weights(tmp)
+    history = reporter.history
+    best = min(history, key=lambda r: r["val_loss"] if r.get("val_loss") is not None else r["loss"]) \
+        if history else None
+    metrics = {
+        "mode": cfg.mode, "backbone": None if cfg.mode == "scratch" else cfg.backbone, "classes": ds.classes,
+        "input_size": size,
+        "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(splits["test"]),
+        "n_skipped": len(ds.skipped),
+        "val_accuracy": val_metrics["accuracy"], "test_accuracy": test_metrics["accuracy"] if test_metrics else None,
+        "val_loss": best.get("val_loss") if best else None,
+        "best_epoch": best["epoch"] if best else None, "epochs_run": len(history),
+        "per_class": val_metrics["per_class"], "confusion": val_metrics["confusion"],
+        "test": test_metrics,
+        "train_seconds": round(times.train_seconds, 3), "extract_seconds": round(times.extract_seconds, 3),
+        "n_extracted": times.n_extracted, "total_seconds": round(time.perf_counter() - t0, 3),
+        "export_check": None, "stopped_early_by_user": reporter.should_stop(),
+        "phase_seconds": reporter.finish(),
+    }
+    run.write_metrics(metrics)  # last: a run folder with metrics.json has all its results
+    return TrainResult(metrics, model_pending)
