@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import streamlit as st
 
 from core.backbone_specs import get_backbone
+from core.engine import keep_engine_running
 from core.runs import active_runs
 from ui.common import dataset_label
 from ui.frame import mark_frame, open_wanted_page
@@ -19,6 +20,16 @@ from ui.state import dataset_path, init_state
 
 st.set_page_config(page_title="Few-Shot Studio", page_icon=":material/photo_library:", layout="wide")
 init_state()
+
+
+@st.cache_resource(show_spinner=False)
+def warm_engine_once() -> None:
+    """Start the warm worker with the server, so the first training does not wait for TensorFlow to load."""
+    try:
+        keep_engine_running(always=True)
+    except OSError:  # a full or read-only workspace: the Training page says so when it is used
+        pass
+
 
 PAGES = [
     st.Page("pages/1_dataset.py", title="Dataset", icon=":material/folder_open:", default=True),
@@ -29,6 +40,7 @@ PAGES = [
     st.Page("pages/6_runs.py", title="Runs", icon=":material/history:"),
 ]
 page = st.navigation(PAGES)
+warm_engine_once()
 mark_frame()
 open_wanted_page()
 
@@ -43,6 +55,7 @@ with st.sidebar:
 
     @st.fragment(run_every="2s")
     def running_trainings() -> None:
+        keep_engine_running()
         runs = active_runs()
         if not runs:
             st.caption("No training running.")

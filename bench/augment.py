@@ -4,7 +4,7 @@ training image, against plain `bottleneck` and against `finetune`, on tuxpaint-s
 For each seed (the seed also draws the train/validation split, so seeds are different splits of the same data),
 each configuration trains in a fresh process, in a fresh workspace ("cold": every feature computed, the K
 augmented copies included), then again in the same workspace ("warm": all features from the cache). Accuracy
-differences are paired by seed. Runs go through `core.execute.execute_run`, like the app's.
+differences are paired by seed. Runs go through `core.engine.execute_run`, like the app's.
 
     .venv/bin/python bench/augment.py [DATASET] [--copies 2 5 10] [--seeds 0 1 2] [--tiny]
 """

@@ -8,7 +8,7 @@ optimiser (SGD, the run's fine-tune learning rate, momentum 0.9), epochs, class 
 mode as `finetune`; best-validation-loss weights kept, as with early stopping.
 
 Compared side by side, per seed (a different train/validation split each), with the app's own `finetune` run
-(through `core.execute.execute_run`, in a fresh process): validation accuracy, and the time of the fine-tuning
+(through `core.engine.execute_run`, in a fresh process): validation accuracy, and the time of the fine-tuning
 stage (`finetune` phase of the run vs caching the activations + training on them).
 
     .venv/bin/python bench/finetune_cached.py [DATASET] [--copies 5] [--seeds 0 1 2] [--tiny]

@@ -1,5 +1,5 @@
 """Time to a trained model (issue item 3): each mode, cold and warm feature cache, on each dataset, through
-`core.execute.execute_run` (the path the app's run process takes); and the time to retrain after relabelling
+`core.engine.execute_run` (the path the app's run process takes); and the time to retrain after relabelling
 5 images of the demo dataset.
 
 Every training runs in a fresh process. "imports" is the time that process spends importing the project (and so
@@ -41,7 +41,7 @@ PHASES = ("scanning", "extracting", "bottleneck", "scratch", "finetune", "evalua
 def worker(payload: dict) -> dict:
     started = time.perf_counter()
     from core.config import TrainConfig
-    from core.execute import execute_run
+    from core.engine import execute_run
     from core.runs import create_run
     import core.training  # noqa: F401  (TensorFlow and the models: what the run process imports first)
     imports = time.perf_counter() - started

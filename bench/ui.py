@@ -110,7 +110,7 @@ def measure(data: Path, seconds: float, rounds: int, use_server: bool, config: d
         # A finished run to look at while idle, so both conditions read a run folder with a history.
         idle_cfg = TrainConfig(data=str(data), mode="bottleneck", **{k: v for k, v in config.items()
                                                                    if k != "finetune_epochs"})
-        from core.execute import execute_run
+        from core.engine import execute_run
         done = create_run(idle_cfg, name="idle reference")
         execute_run(done)
         at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)

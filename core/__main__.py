@@ -103,7 +103,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from core.backbone_specs import get_backbone
     from core.datasets import scan_dataset
-    from core.execute import execute_run
+    from core.engine import execute_run
     from core.runs import create_run
 
     cfg = _train_config(args)
@@ -191,7 +191,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     run = get_run(args.run)
     if args.model_file:
-        from core.execute import write_run_model
+        from core.engine import write_run_model
 
         status = write_run_model(run)
         if status.model_file != "ready":
@@ -204,7 +204,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from core.execute import execute_run
+    from core.engine import execute_run
     from core.runs import get_run
 
     status = execute_run(get_run(args.run), terminal=sys.stdout)
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:
-        from core.execute import friendly_error
+        from core.engine import friendly_error
 
         if isinstance(exc, FewShotError):
             print(f"error: {exc}", file=sys.stderr)

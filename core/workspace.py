@@ -41,6 +41,11 @@ def features_dir() -> Path:
     return _subdir("cache/features")
 
 
+def engine_dir() -> Path:
+    """The warm engine's queue, its state file and its log."""
+    return _subdir("engine")
+
+
 def imports_dir() -> Path:
     """Zips given on the command line are unpacked here."""
     return _subdir("cache/imports")

@@ -9,7 +9,8 @@ from core.errors import FewShotError
 from core.backbone_specs import get_backbone, list_backbones
 from core.charts import history_figure
 from core.config import MODE_HELP, MODES, ConfigError, TrainConfig
-from core.runs import ACTIVE_STATES, Run, RunError, active_runs, create_run, get_run, list_runs, start_run_process
+from core.engine import submit
+from core.runs import ACTIVE_STATES, Run, RunError, RunStatus, active_runs, create_run, get_run, list_runs
 from ui.common import current_dataset, dataset_label
 from ui.frame import require_frame
 from ui.state import augment_config, dataset_path, init_state
@@ -103,8 +104,7 @@ def settings_form() -> tuple[TrainConfig, str] | None:
 
 def start(config: TrainConfig, name: str) -> None:
     try:
-        run = create_run(config, name=name)
-        start_run_process(run)
+        run = submit(create_run(config, name=name))
     except (FewShotError, OSError) as exc:
         st.error(f"The training could not start: {exc}")
         return
@@ -127,7 +127,7 @@ def watched_run() -> Run | None:
     return runs[0] if runs else None
 
 
-def _eta(status: dict) -> str:
+def _eta(status: RunStatus) -> str:
     progress = float(status.progress or 0.0)
     started = status.phase_started_at
     if not started or progress <= 0.02 or progress >= 1:
@@ -142,15 +142,14 @@ def live_view(run: Run, polling: bool) -> None:
     if polling and state not in ACTIVE_STATES:
         st.rerun(scope="app")  # finished: redraw the whole page once, then stop polling
     history = run.history()
-    started = status.started_at or status.created_at or time.time()
-    ended = status.finished_at or time.time()
+    from_click = status.seconds_from_click(time.time()) or 0.0
     header = {"queued": ":material/hourglass_top: Waiting", "running": ":material/directions_run: Training",
               "done": ":green[:material/check_circle:] Finished", "failed": ":red[:material/error:] Failed",
               "stopped": ":material/stop_circle: Stopped"}.get(state, state)
     st.subheader(f"{header}: {run.id}")
     if state in ACTIVE_STATES:
         st.progress(float(status.progress or 0.0),
-                    text=f"{status.message or status.phase} · {ended - started:.0f} s elapsed"
+                    text=f"{status.message or status.phase} · {from_click:.0f} s since you clicked Start"
                          f"{_eta(status)}")
         if st.button("Stop", icon=":material/stop:", key=f"stop_{run.id}",
                      help="Stops within a moment; the best model so far is kept if an epoch has finished."):
@@ -167,10 +166,13 @@ def live_view(run: Run, polling: bool) -> None:
             c1.metric("Validation accuracy", f"{metrics['val_accuracy']:.1%}")
         if metrics.get("test_accuracy") is not None:
             c2.metric("Test accuracy", f"{metrics['test_accuracy']:.1%}")
-        c3.metric("Time", f"{ended - started:.1f} s")
+        c3.metric("Time", f"{from_click:.1f} s", help="From your click on Start to the results on disk.")
         if metrics.get("n_extracted") is not None:
             c4.metric("Images through the network", metrics["n_extracted"],
                       help="Images whose features had to be computed; the rest came from the cache.")
+        parts = status.breakdown(metrics.get("phase_seconds"))
+        if parts:
+            st.caption("Where the time went: " + " · ".join(f"{name} {sec:.1f} s" for name, sec in parts.items()))
         if state == "stopped":
             st.info(status.message or "Stopped.")
         if run.has_results():
@@ -187,7 +189,8 @@ def live_view(run: Run, polling: bool) -> None:
 def show_run(run: Run) -> None:
     active = run.status().state in ACTIVE_STATES
     # Poll the run folder every second while it trains; a finished run is drawn once.
-    st.fragment(live_view, run_every="1s" if active else None)(run, active)
+    # Twice a second: a warm retrain is done in about a second, and the poll is part of what the user waits for.
+    st.fragment(live_view, run_every=0.5 if active else None)(run, active)
 
 
 # A training in progress comes first (someone demoing wants the curves on screen); otherwise the settings do.

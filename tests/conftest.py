@@ -61,7 +61,7 @@ def demo_run(tmp_path_factory) -> Path:
     os.environ["FEWSHOT_WORKSPACE"] = str(ws)
     try:
         from core.config import TrainConfig
-        from core.execute import execute_run
+        from core.engine import execute_run
         from core.runs import create_run
 
         run = create_run(TrainConfig(data=str(DEMO), mode="bottleneck", epochs=15), ws / "runs" / "demo-run")

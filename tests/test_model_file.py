@@ -13,7 +13,7 @@ import pytest
 
 from conftest import PROJECT_ROOT, open_app_page
 from core.config import TrainConfig
-from core.execute import execute_run, write_run_model
+from core.engine import execute_run, write_run_model
 from core.export import load_model, predict_files
 from core.runs import process_start_time, create_run, get_run
 from core.training import TrainingError, write_model_file

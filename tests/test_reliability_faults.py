@@ -70,7 +70,7 @@ def headers(at: AppTest) -> str:
 
 
 def test_kill_9_during_a_run_leaves_dataset_cache_and_earlier_runs_intact(workspace):
-    from core.execute import execute_run
+    from core.engine import execute_run
     from core.export import load_model, predict_files
 
     data = make_dataset(workspace / "datasets" / "colours", per_class=4)
@@ -183,7 +183,7 @@ def _full_disk_for(real, is_full):
 
 def test_full_disk_for_the_cache_goes_on_uncached_and_for_the_model_fails_clearly(workspace, tiny_dataset,
                                                                                   monkeypatch, capfd):
-    from core.execute import execute_run, write_run_model
+    from core.engine import execute_run, write_run_model
 
     real = fsutil.atomic_path
     run = create_run(TrainConfig(data=str(tiny_dataset), mode="bottleneck", epochs=2))

@@ -499,7 +499,7 @@ def test_five_thousand_tiny_images_scan_and_split(tmp_path):
 
 def test_one_hundred_classes_train_a_bottleneck_run(workspace, tmp_path):
     from core.config import TrainConfig
-    from core.execute import execute_run
+    from core.engine import execute_run
     from core.runs import create_run
 
     root = tmp_path / "hundred"

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import PROJECT_ROOT, make_dataset, make_image
 from core.config import TrainConfig
-from core.execute import execute_run
+from core.engine import execute_run
 from core.features import FeatureCache, extract_features
 from core.runs import create_run
 

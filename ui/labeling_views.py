@@ -15,7 +15,8 @@ from core.errors import FewShotError
 from core import labeling
 from core.datasets import DatasetError
 from core.labeling import LabelingError
-from core.runs import ACTIVE_STATES, Run, RunError, get_run, retrain, retrained_from
+from core.engine import retrain
+from core.runs import ACTIVE_STATES, Run, RunError, get_run, retrained_from
 from core.workspace import PathError
 from ui.common import dataset_label, md, thumb
 from ui.dataset_views import flash

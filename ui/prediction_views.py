@@ -141,7 +141,7 @@ def model_file_ready(run, key: str) -> bool:
         st.error(f"The model file could not be written: {run.status().model_error or 'unknown reason'}")
         if st.button("Write the model file again", key=f"{key}_rewrite", icon=":material/refresh:",
                      help="Builds model.keras from this run's trained head and the frozen backbone."):
-            from core.execute import write_run_model  # loads TensorFlow
+            from core.engine import write_run_model  # loads TensorFlow
 
             with st.spinner("Writing the model file…"):
                 status = write_run_model(run)

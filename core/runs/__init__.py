@@ -1,7 +1,7 @@
 """Runs: a training is a folder on disk (`Run`, `RunStatus`), the only contract between the pages and the process
 that executes it."""
 from core.runs.folder import HISTORY_COLUMNS, Run
-from core.runs.launch import retrain, start_run_process
+from core.runs.launch import start_run_process
 from core.runs.process import process_alive, process_start_time
 from core.runs.status import ACTIVE_STATES, STATES, RunStatus
 from core.runs.store import (RETRAIN_PREFIX, RunError, active_runs, create_run, delete_run, get_run, library_versions,
@@ -9,4 +9,4 @@ from core.runs.store import (RETRAIN_PREFIX, RunError, active_runs, create_run, 
 
 __all__ = ["ACTIVE_STATES", "HISTORY_COLUMNS", "RETRAIN_PREFIX", "STATES", "Run", "RunError", "RunStatus",
            "active_runs", "create_run", "delete_run", "get_run", "library_versions", "list_runs", "new_run_id",
-           "process_alive", "process_start_time", "retrain", "retrained_from", "runs_table", "start_run_process"]
+           "process_alive", "process_start_time", "retrained_from", "runs_table", "start_run_process"]

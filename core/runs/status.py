@@ -24,7 +24,7 @@ class RunStatus:
     finished_at: float | None = None  # results on disk (done), or the end of a failed/stopped run
     pid: int | None = None           # the process executing it, with its kernel start time (a recycled pid is
     pid_start: str | None = None     # not mistaken for it)
-    worker: str | None = None        # which executor runs it (e.g. "warm worker 1234", "in-process", a Ray node)
+    executor: str | None = None      # what executes it: "warm worker", "in-process" (the CLI), "process", …
     error: str | None = None         # why it failed, in words a user can act on
     val_accuracy: float | None = None
     model_file: str | None = None    # writing | ready | failed: a bottleneck run's model.keras follows its results
@@ -55,6 +55,17 @@ class RunStatus:
             return None
         end = self.finished_at if self.finished_at is not None else (now if self.active else None)
         return None if end is None else max(0.0, end - self.created_at)
+
+    def breakdown(self, phase_seconds: dict[str, float] | None) -> dict[str, float]:
+        """Where the time from the click went: waiting (for the engine or another training), each phase of the
+        training, and how long after the results the model file followed."""
+        out: dict[str, float] = {}
+        if self.created_at is not None and self.started_at is not None:
+            out["waiting"] = max(0.0, self.started_at - self.created_at)
+        out.update(phase_seconds or {})
+        if self.model_written_at is not None and self.finished_at is not None:
+            out["model file, after the results"] = max(0.0, self.model_written_at - self.finished_at)
+        return out
 
 
 FIELD_NAMES = frozenset(f.name for f in fields(RunStatus))

@@ -1,15 +1,17 @@
-"""Execute a prepared run folder: wait for its turn, train, record the outcome. Used by the CLI and by the
-process the app starts, so both take the same path."""
+"""Execute a prepared run folder: wait for its turn, train, record the outcome. The warm worker, the CLI
+(in-process) and a process started for one run all take this path."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import signal
 import sys
 import time
 import traceback
 from contextlib import contextmanager
-from typing import Iterator, TextIO
+from collections.abc import Callable, Iterator
+from typing import TextIO
 
 from core import fsutil
 from core.runs import Run, RunStatus, process_start_time
@@ -45,18 +47,28 @@ class _StoppedWhileQueued(Exception):
     pass
 
 
-def execute_run(run: Run, terminal: TextIO | None = None) -> RunStatus:
-    """Train the run in this process; returns its final status. Never raises for a training failure."""
+def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-process",
+                handle_sigterm: bool = True, defer: Callable[[Callable[[], None]], None] | None = None) -> RunStatus:
+    """Train the run in this process; returns its status once the results are on disk. Never raises for a
+    training failure.
+
+    What follows the results (a bottleneck run's model.keras, the export check) runs before returning, or is
+    handed to `defer`: the warm worker runs it when no other run is waiting, so a retrain queued behind this run
+    does not wait seconds for another run's model file."""
+    # The process is recorded before anything slow (importing TensorFlow takes seconds): a kill in that window
+    # must leave the run failed, not "queued" forever.
+    pid = os.getpid()
+    run.update_status(pid=pid, pid_start=process_start_time(pid), executor=executor)
+    if handle_sigterm:  # SIGTERM (kill, a closing terminal, a stopping service) becomes a polite stop request
+        signal.signal(signal.SIGTERM, lambda *_: run.file(Run.STOP).touch())
     from core.features import StopRequested  # imports TensorFlow: keep it out of the module's import time
     from core.reporting import Reporter
     from core.training import train, verify_export
 
-    pid = os.getpid()
-    run.update_status(pid=pid, pid_start=process_start_time(pid))
-    # SIGTERM (kill, a closing terminal, a stopping service) becomes a polite stop request.
-    signal.signal(signal.SIGTERM, lambda *_: run.file(Run.STOP).touch())
     reporter = Reporter(run, terminal=terminal)
     try:
+        if run.stop_requested():
+            raise _StoppedWhileQueued()
         with training_slot(run):
             # Only runs write the feature cache, and they take turns: what a killed one left half-written is stale.
             fsutil.remove_temp_files(features_dir())
@@ -69,9 +81,11 @@ def execute_run(run: Run, terminal: TextIO | None = None) -> RunStatus:
                           message="finished" if state == "done" else "stopped; the best model so far was saved",
                           val_accuracy=result.metrics.get("val_accuracy"),
                           model_file="writing" if result.model_pending else "ready")
-        if result.model_pending:
-            write_run_model(run)
-        _verify(run, verify_export)
+        follow_up = functools.partial(_after_results, run, result.model_pending, verify_export)
+        if defer is not None:
+            defer(follow_up)
+        else:
+            follow_up()
         return run.status()
     except (StopRequested, _StoppedWhileQueued):
         return run.update_status(state="stopped", phase="stopped", finished_at=time.time(),
@@ -79,6 +93,12 @@ def execute_run(run: Run, terminal: TextIO | None = None) -> RunStatus:
     except Exception as exc:  # the run's outcome is recorded whatever went wrong
         traceback.print_exc(file=sys.stderr)
         return run.update_status(state="failed", phase="failed", finished_at=time.time(), error=friendly_error(exc))
+
+
+def _after_results(run: Run, model_pending: bool, verify) -> None:
+    if model_pending:
+        write_run_model(run)
+    _verify(run, verify)
 
 
 def write_run_model(run: Run) -> RunStatus:

@@ -1,0 +1,27 @@
+"""Hand a run to the engine: what the pages call. The run folder is created first (the click's time is its
+`created_at`); the warm worker picks it up from the queue within a poll."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from core.engine import queue
+from core.engine.worker import ensure_worker
+from core.runs import RETRAIN_PREFIX, Run, create_run
+
+
+def submit(run: Run) -> Run:
+    run.update_status(executor="warm worker", message="waiting for the engine")
+    queue.enqueue(run)
+    ensure_worker()
+    return run
+
+
+def retrain(source: Run, name: str = "", data: str | Path | None = None) -> Run:
+    """Start a bottleneck run with `source`'s settings on the dataset as it is now (after label fixes).
+
+    `data` replaces the dataset (e.g. the editable copy of the read-only demo the fixes were made in).
+    Cached features make it fast: only new or changed image content goes through the backbone.
+    """
+    config = replace(source.config(), mode="bottleneck", from_run=None, **({"data": str(data)} if data else {}))
+    return submit(create_run(config, name=name or f"{RETRAIN_PREFIX}{source.id}"))

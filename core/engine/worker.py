@@ -1,0 +1,231 @@
+"""The warm engine: one long-lived process, apart from the Streamlit server, that keeps TensorFlow, the backbone
+and its fast extractor loaded and executes queued runs one at a time.
+
+A new process per run spent ~3 s importing TensorFlow and rebuilding the backbone before any work: most of what a
+user waited for a retrain. The worker pays that once. Everything else stays as it was: the run folder is the only
+contract (the pages poll it), a run records the worker's pid, so a killed worker leaves its run failed through the
+same liveness check as before, and writes stay atomic, so nothing is half-written.
+
+    python -m core.engine.worker      (started by `ensure_worker`; only one per workspace: an flock decides)
+"""
+from __future__ import annotations
+
+import collections
+import fcntl
+import functools
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from core import fsutil
+from core.engine import queue
+from core.runs import Run, process_alive, process_start_time
+from core.workspace import PROJECT_ROOT, engine_dir
+
+POLL_SECONDS = 0.05        # how often an idle worker looks at the queue (a directory listing)
+MAX_RUNS = 100             # then the worker exits and the next submission starts a fresh one (bounded memory)
+IDLE_EXIT_SECONDS = 6 * 3600
+
+
+@dataclass
+class WorkerInfo:
+    pid: int
+    pid_start: str | None
+    state: str = "starting"           # starting (importing, warming up) | ready | busy
+    started_at: float = 0.0
+    ready_at: float | None = None
+    current_run: str | None = None
+    runs_done: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return process_alive(self.pid, self.pid_start)
+
+
+def _info_path() -> Path:
+    return engine_dir() / "worker.json"
+
+
+def read_worker() -> WorkerInfo | None:
+    data = fsutil.read_json(_info_path(), None)
+    try:
+        return WorkerInfo(**data) if isinstance(data, dict) else None
+    except TypeError:
+        return None
+
+
+def _write_info(info: WorkerInfo) -> None:
+    fsutil.atomic_write_json(_info_path(), asdict(info))
+
+
+def ensure_worker() -> WorkerInfo:
+    """The live worker, started if there is none (or it died). Cheap when it is running: one small JSON read."""
+    info = read_worker()
+    if info is not None and info.alive:
+        return info
+    with open(engine_dir() / "spawn.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two sessions submitting at once start one worker, not two
+        info = read_worker()
+        if info is not None and info.alive:
+            return info
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(engine_dir() / "worker.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "core.engine.worker"], cwd=PROJECT_ROOT, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env=env)
+        info = WorkerInfo(proc.pid, process_start_time(proc.pid), started_at=time.time())
+        _write_info(info)
+        return info
+
+
+def keep_engine_running(always: bool = False) -> WorkerInfo | None:
+    """Restart a worker that died while runs wait for it (or, with `always`, start one ahead of the first run)."""
+    if always or queue.entries():
+        return ensure_worker()
+    return None
+
+
+def stop_worker(timeout: float = 30.0) -> None:
+    """Ask the worker to finish (a running run is stopped politely) and wait for it to exit."""
+    info = read_worker()
+    if info is None or not info.alive:
+        return
+    os.kill(info.pid, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while info.alive and time.time() < deadline:
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------ inside the worker
+
+@contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (TensorFlow's C++ logs included) to the run's log.txt for one run."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def warm_up() -> None:
+    """What every run needs, paid once: TensorFlow, the training code, the default backbone and its fast
+    extractor (converted here once if it never was, so small datasets get it too)."""
+    from core.config import TrainConfig
+    from core.engine.execute import execute_run  # noqa: F401  (imports the whole training stack)
+    from core.features import cached_extractor
+    from core.fast_extract import fast_extractor, MIN_IMAGES_TO_CONVERT
+
+    backbone = TrainConfig().backbone  # the default
+    try:
+        cached_extractor(backbone)
+        fast_extractor(backbone, n_images=MIN_IMAGES_TO_CONVERT)
+    except Exception:  # no weights here (offline, no package): runs will say why; the worker still serves
+        traceback.print_exc()
+
+
+class _Worker:
+    def __init__(self) -> None:
+        pid = os.getpid()
+        self.info = WorkerInfo(pid, process_start_time(pid), started_at=time.time())
+        self.exiting = False
+        self.current: Run | None = None
+        # Model files and export checks of finished runs: done when no run waits (results come first).
+        self.deferred: collections.deque[Callable[[], None]] = collections.deque()
+
+    def on_sigterm(self, *_: object) -> None:
+        self.exiting = True
+        if self.current is not None:
+            self.current.file(Run.STOP).touch()
+
+    def serve(self) -> int:
+        from core.engine.execute import execute_run
+
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        _write_info(self.info)
+        warm_up()
+        self.info.state, self.info.ready_at = "ready", time.time()
+        _write_info(self.info)
+        print(f"worker {self.info.pid} ready in {self.info.ready_at - self.info.started_at:.1f} s", flush=True)
+        idle_since = time.time()
+        waiting = queue.queue_dir()
+        while not self.exiting and self.info.runs_done < MAX_RUNS:
+            if not waiting.exists():
+                break  # its workspace was deleted (a test's temporary folder, a user tidying up)
+            entry = next(iter(queue.entries(waiting)), None)
+            if entry is None:
+                if self.deferred:
+                    self._run_deferred()
+                    continue
+                if time.time() - idle_since > IDLE_EXIT_SECONDS:
+                    break
+                time.sleep(POLL_SECONDS)
+                continue
+            run = queue.run_of(entry)
+            if run is None or not run.path.exists() or run.read_status().state != "queued":
+                queue.remove(entry)  # stopped while waiting, deleted, or taken by another executor
+                continue
+            # Claim it (the run records this process) before the entry goes: a crash in between leaves a run
+            # whose process is gone, which the liveness check marks failed.
+            run.update_status(pid=self.info.pid, pid_start=self.info.pid_start, executor="warm worker")
+            queue.remove(entry)
+            self.info.state, self.info.current_run = "busy", run.id
+            _write_info(self.info)
+            self.current = run
+            with _output_to(run.log_path):
+                execute_run(run, executor="warm worker", handle_sigterm=False,
+                            defer=lambda job, log=run.log_path: self.deferred.append(functools.partial(
+                                self._logged, job, log)))
+            self.current = None
+            self.info.state, self.info.current_run = "ready", None
+            self.info.runs_done += 1
+            _write_info(self.info)
+            gc.collect()
+            idle_since = time.time()
+        while self.deferred:  # exiting: finish what finished runs still owe (their model files)
+            self._run_deferred()
+        return 0
+
+    def _run_deferred(self) -> None:
+        job = self.deferred.popleft()
+        try:
+            job()
+        except Exception:  # each job records its own failure in its run folder; the worker goes on
+            traceback.print_exc()
+
+    @staticmethod
+    def _logged(job: Callable[[], None], log: Path) -> None:
+        with _output_to(log):
+            job()
+
+
+def main() -> int:
+    with open(engine_dir() / "worker.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("another worker serves this workspace; exiting", flush=True)
+            return 0
+        return _Worker().serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
