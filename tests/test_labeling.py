@@ -12,7 +12,7 @@ import pytest
 
 from conftest import DEMO, PROJECT_ROOT, make_dataset, make_image
 from core import labeling
-from core.labeling import LabelingError
+from core.labeling import LabelingError, journal
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_crash_before_the_rename_rolls_back(ds, monkeypatch):
     def dies(*_args):
         raise Crash
 
-    monkeypatch.setattr(labeling.os, "rename", dies)
+    monkeypatch.setattr(journal.os, "rename", dies)
     with pytest.raises(Crash):
         labeling.move_to_class(ds, [src], "red")
     monkeypatch.undo()
@@ -169,11 +169,12 @@ def test_real_crash_after_the_rename_completes(ds):
         "import os, sys\n"
         f"sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
         "from core import labeling\n"
+        "from core.labeling import journal\n"
         "real = os.rename\n"
         "def rename_then_die(a, b):\n"
         "    real(a, b)\n"
         "    os._exit(9)\n"
-        "labeling.os.rename = rename_then_die\n"
+        "journal.os.rename = rename_then_die\n"
         f"labeling.move_to_class({str(ds)!r}, [{str(ds / 'unlabelled' / 'new_1.png')!r}], 'red')\n"
     )
     env = dict(os.environ)
