@@ -65,9 +65,34 @@ def ensure_allowed(path: str | Path) -> Path:
     raise PathError(f"{path} is outside the folders this app may read ({', '.join(map(str, allowed_roots()))}).")
 
 
-def ensure_writable(path: str | Path) -> Path:
-    """Like `ensure_allowed`, for changes: only datasets in the workspace; the built-in demo stays read-only."""
-    resolved = ensure_allowed(path)
-    if resolved == DEMO_DATASET.resolve() or DEMO_DATASET.resolve() in resolved.parents:
-        raise PathError("The built-in demo dataset is read-only: make an editable copy of it first.")
-    return resolved
+def is_demo(path: str | Path) -> bool:
+    """The built-in demo dataset, or a folder inside it."""
+    resolved, demo = Path(path).expanduser().resolve(), DEMO_DATASET.resolve()
+    return resolved == demo or demo in resolved.parents
+
+
+def ensure_writable(dataset: str | Path) -> Path:
+    """The resolved dataset folder, or PathError saying why the app may not change it.
+
+    The one rule for every change the app makes to a dataset (new classes, uploads, labelling): only a dataset of
+    the workspace, i.e. a folder directly in datasets/ (not one of its classes); the built-in demo stays read-only.
+    """
+    root = Path(dataset).expanduser().resolve()
+    if is_demo(root):
+        raise PathError("The built-in demo dataset is read-only. Make an editable copy of it in the workspace "
+                        "first (the Label page has a button for it).")
+    if root.parent != datasets_dir():
+        raise PathError(f"{root} is not a dataset in the workspace ({datasets_dir()}); only those can be "
+                        f"changed here.")
+    if not root.is_dir():
+        raise PathError(f"{root} does not exist (any more).")
+    return root
+
+
+def is_editable(dataset: str | Path) -> bool:
+    """Whether `ensure_writable` accepts the dataset (pages offer changes, or an editable copy, by it)."""
+    try:
+        ensure_writable(dataset)
+    except PathError:
+        return False
+    return True

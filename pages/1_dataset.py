@@ -12,7 +12,7 @@ from core.errors import FewShotError
 from core.charts import class_counts_figure
 from core.datasets import DatasetError, dataset_warnings, detect_layout
 from core.importing import add_uploads, create_class, create_dataset, dataset_name, import_zip, list_datasets
-from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed
+from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed, is_editable
 from ui.common import dataset_label, load_dataset, unsaved_uploads
 from ui.dataset_views import IMAGE_TYPES, class_folders, flash, md, show_flash, synced, thumbnail_grid
 from ui.state import dataset_path, init_state, set_dataset
@@ -25,10 +25,6 @@ THUMBS_PER_CLASS = 8
 init_state()
 st.session_state.setdefault("ds_upload_counter", 0)  # a new uploader key after each save: nothing is saved twice
 st.session_state.setdefault("ds_zip_counter", 0)
-
-
-def _is_workspace_dataset(path: Path) -> bool:
-    return datasets_dir() in path.resolve().parents
 
 
 # ---------------------------------------------------------------------------------------------- callbacks
@@ -145,7 +141,7 @@ except PathError as exc:
     allowed = False
     st.error(f"This folder cannot be used: {md(exc)}")
 
-is_yours = allowed and _is_workspace_dataset(current)
+is_yours = allowed and is_editable(current)  # the one rule for changes: core.workspace
 folders = class_folders(current) if is_yours else {}  # only your own datasets are built here
 is_empty = is_yours and sum(folders.values()) == 0
 

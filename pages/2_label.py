@@ -15,11 +15,10 @@ from core.errors import FewShotError
 from core import duplicates, labeling
 from core.backbone_specs import BackboneError, get_backbone
 from core.datasets import DatasetError, Item
-from core.labeling import LabelingError
-from core.runs import Run, list_runs
+from core.runs import Run
 from ui import labeling_views as lv
-from ui.common import dataset_label, load_dataset, md, thumb, unsaved_uploads
-from ui.dataset_views import IMAGE_TYPES, flash, show_flash, synced
+from ui.common import dataset_label, load_dataset, md, thumb
+from ui.dataset_views import IMAGE_TYPES, show_flash, synced
 from ui.frame import require_frame
 from ui.state import dataset_path, init_state, set_dataset
 
@@ -84,46 +83,16 @@ right.button("Undo", key="lbl_undo", icon=":material/undo:", shortcut="U", on_cl
 
 
 # ---------------------------------------------------------------------------------------------- uploads
-def save_uploads(key: str) -> None:
-    files = unsaved_uploads(st.session_state.get(key))
-    if not files:
-        return
-    try:
-        report = labeling.add_unlabelled_uploads(root, [(f.name, f.getvalue()) for f in files])
-    except (FewShotError, OSError) as exc:
-        flash("label", "error", f"Nothing was saved: {md(exc)}")
-        return
-    st.session_state["lbl_upload_counter"] += 1
-    if report.saved:
-        flash("label", "success", f"Added {lv.plural(len(report.saved), 'photo')} to the unlabelled pool.")
-    if report.skipped:
-        flash("label", "warning",
-              "Skipped: " + "; ".join(f"{md(name)} ({md(why)})" for name, why in report.skipped[:10]))
-
-
 with st.expander("Add unlabelled photos", expanded=not pool and not view.labelled, icon=":material/upload:"):
     st.caption("Drop photos you have not sorted yet. They are saved at once into this dataset's `unlabelled/` "
                "folder, which training ignores until you give them a class.")
     uploader_key = f"lbl_upload_{st.session_state['lbl_upload_counter']}"
     st.file_uploader("Unlabelled photos", type=IMAGE_TYPES, accept_multiple_files=True, key=uploader_key,
-                     on_change=save_uploads, args=(uploader_key,))
+                     on_change=lv.save_pool_uploads, args=(root, uploader_key, "lbl_upload_counter"))
 
 
 # ---------------------------------------------------------------------------------------------- suggestions
-def suggestion_runs() -> tuple[list[Run], list[str]]:
-    """Finished runs with a model; those trained on this dataset (or the one it was copied from) first."""
-    origin = labeling.origin_of(root)
-    here = {str(root)} | ({str(origin.resolve())} if origin else set())
-    finished = [run for run in list_runs() if run.has_model() and run.labels()]
-
-    def trained_here(run: Run) -> bool:
-        data = run.config_dict().get("train", {}).get("data", "")
-        return bool(data) and str(Path(data).resolve()) in here
-    mine = [run for run in finished if trained_here(run)]
-    return mine + [run for run in finished if run not in mine], [run.id for run in mine]
-
-
-runs, mine = suggestion_runs()
+runs, mine = labeling.suggestion_runs(root)
 by_id = {run.id: run for run in runs}
 run: Run | None = None
 frame: pd.DataFrame | None = None
@@ -153,16 +122,7 @@ if runs:
                     frame = labeling.predict_pool(run, pool)
             except (FewShotError, OSError) as exc:
                 st.warning(f"No suggestions: {md(exc)}")
-suggestion = {} if frame is None else {Path(p): (c, conf) for p, c, conf in
-                                         zip(frame["path"], frame["predicted"], frame["confidence"])}
-
-
-def ordered_pool(sort: str) -> list[Path]:
-    if sort == "name" or not suggestion:
-        return sorted(pool, key=lambda p: p.name.lower())
-    known = sorted((p for p in pool if p in suggestion), key=lambda p: (suggestion[p][1], p.name),
-                   reverse=sort == "sure")
-    return known + sorted((p for p in pool if p not in suggestion), key=lambda p: p.name.lower())
+suggestion = labeling.suggestions_by_path(frame)
 
 
 def pool_caption(path: Path) -> str:
@@ -188,7 +148,7 @@ def pool_view() -> None:
         st.info("No unlabelled photos. Add some above (*Add unlabelled photos*), or move labelled ones back here "
                 "from *Labelled photos*.")
         return
-    ordered = ordered_pool(sort)
+    ordered = labeling.order_pool(pool, suggestion, sort)
     if frame is not None and len(frame):
         with st.container(border=True):
             st.markdown("**Accept the model's surest suggestions at once**")
@@ -230,32 +190,6 @@ def pool_view() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- one at a time
-def _focus_assign(path: Path, class_name: str) -> None:
-    try:
-        labeling.move_to_class(root, [path], class_name)
-    except (FewShotError, OSError) as exc:
-        flash("label", "error", f"Not moved: {md(exc)}")
-        return
-    st.toast(f"{md(path.name)} → {md(class_name)}", icon=":material/label:")
-
-
-def _focus_assign_picked(path: Path) -> None:
-    class_name = lv.picked_class("lbl_focus_target")
-    if class_name:
-        _focus_assign(path, class_name)
-    else:
-        flash("label", "warning", "Type a name for the new class first.")
-
-
-def _focus_delete(path: Path) -> None:
-    try:
-        labeling.delete_images(root, [path])
-    except (FewShotError, OSError) as exc:
-        flash("label", "error", f"Not deleted: {md(exc)}")
-        return
-    st.toast(f"{md(path.name)} → trash", icon=":material/delete:")
-
-
 def _focus_step(step: int, n: int) -> None:
     st.session_state["lbl_focus"] = max(0, min(n - 1, st.session_state["lbl_focus"] + step))
 
@@ -266,7 +200,7 @@ def _skip(path: Path) -> None:
 
 def focus_view() -> None:
     skipped = set(st.session_state["lbl_skipped"])
-    queue = [p for p in ordered_pool(sort) if str(p) not in skipped]
+    queue = [p for p in labeling.order_pool(pool, suggestion, sort) if str(p) not in skipped]
     if not queue:
         st.info("No unlabelled photo left to look at." + (f" You skipped {len(skipped & set(map(str, pool)))}."
                                                           if skipped & set(map(str, pool)) else ""))
@@ -290,16 +224,17 @@ def focus_view() -> None:
             label, conf = suggestion[path]
             st.markdown(f"The model says **{md(label)}** ({conf:.0%} sure).")
             st.button(f"Accept: {label}", key="lbl_focus_accept", shortcut="A", type="primary", width="stretch",
-                      on_click=_focus_assign, args=(path, label), icon=":material/check:",
+                      on_click=lv.file_one, args=(root, path, label), icon=":material/check:",
                       help="File it under the suggested class (key A).")
         st.caption("Press a number key to file the photo under that class; arrows move, S skips, X deletes, "
                    "U undoes.")
         for i, name in enumerate(classes[:lv.MAX_SHORTCUT_CLASSES]):
             st.button(f"{i + 1} · {name}", key=f"lbl_focus_cls_{i}", shortcut=str(i + 1), width="stretch",
-                      on_click=_focus_assign, args=(path, name))
+                      on_click=lv.file_one, args=(root, path, name))
         with st.popover("Other or new class", icon=":material/add:", width="stretch"):
             lv.class_picker(classes, "lbl_focus_target")
-            st.button("File it there", key="lbl_focus_other", on_click=_focus_assign_picked, args=(path,))
+            st.button("File it there", key="lbl_focus_other", on_click=lv.file_one_picked,
+                      args=(root, path, "lbl_focus_target"))
         with st.container(horizontal=True, gap="small"):
             st.button("Previous", key="lbl_prev", shortcut="Left", icon=":material/arrow_back:",
                       on_click=_focus_step, args=(-1, len(queue)), disabled=index == 0)
@@ -308,7 +243,7 @@ def focus_view() -> None:
             st.button("Skip", key="lbl_skip", shortcut="S", icon=":material/redo:", on_click=_skip, args=(path,),
                       help="Leave it unlabelled and hide it for now (key S).")
             st.button("Delete", key="lbl_focus_delete", shortcut="X", icon=":material/delete:",
-                      on_click=_focus_delete, args=(path,), help="To the trash, restorable (key X).")
+                      on_click=lv.delete_one, args=(root, path), help="To the trash, restorable (key X).")
 
 
 # ---------------------------------------------------------------------------------------------- labelled photos
@@ -367,7 +302,7 @@ def check_view() -> None:
     except DatasetError as exc:
         st.warning(f"The dataset cannot be trained on yet ({md(exc)}), so train/validation splits are unknown: "
                    f"checking within and across classes only.")
-        items = [Item(image.path, image.label, image.split) for image in view.labelled]
+        items = list(view.labelled)
     if not items:
         st.info("No labelled photos to check yet.")
         return

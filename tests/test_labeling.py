@@ -12,7 +12,7 @@ import pytest
 
 from conftest import DEMO, PROJECT_ROOT, make_dataset, make_image
 from core import labeling
-from core.labeling import LabelingError
+from core.labeling import LabelingError, journal
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_crash_before_the_rename_rolls_back(ds, monkeypatch):
     def dies(*_args):
         raise Crash
 
-    monkeypatch.setattr(labeling.os, "rename", dies)
+    monkeypatch.setattr(journal.os, "rename", dies)
     with pytest.raises(Crash):
         labeling.move_to_class(ds, [src], "red")
     monkeypatch.undo()
@@ -169,11 +169,12 @@ def test_real_crash_after_the_rename_completes(ds):
         "import os, sys\n"
         f"sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
         "from core import labeling\n"
+        "from core.labeling import journal\n"
         "real = os.rename\n"
         "def rename_then_die(a, b):\n"
         "    real(a, b)\n"
         "    os._exit(9)\n"
-        "labeling.os.rename = rename_then_die\n"
+        "journal.os.rename = rename_then_die\n"
         f"labeling.move_to_class({str(ds)!r}, [{str(ds / 'unlabelled' / 'new_1.png')!r}], 'red')\n"
     )
     env = dict(os.environ)
@@ -255,3 +256,81 @@ def test_predict_pool_and_accept_above_threshold(workspace, demo_run):
     assert labeling.accept_predictions(copy, frame.assign(confidence=0.1), 0.5) == []
     with pytest.raises(LabelingError):
         labeling.accept_predictions(copy, frame, 0.0)
+
+
+def test_one_rule_for_changing_a_dataset(workspace, tmp_path):
+    """Labelling, the Dataset page's class builder and the pages' read-only checks all ask core.workspace."""
+    from core.importing import create_class
+    from core.workspace import PathError, ensure_writable, is_demo
+
+    mine = make_dataset(workspace / "datasets" / "mine", per_class=1)
+    assert ensure_writable(mine) == mine.resolve() and labeling.is_editable(mine) and not is_demo(mine)
+    assert is_demo(DEMO) and is_demo(DEMO / "fish")
+    refused = {DEMO: "read-only", DEMO / "fish": "read-only", mine / "red": "not a dataset in the workspace",
+               make_dataset(tmp_path / "elsewhere", per_class=1): "not a dataset in the workspace",
+               workspace / "datasets" / "gone": "does not exist"}
+    for path, why in refused.items():
+        assert not labeling.is_editable(path)
+        with pytest.raises(PathError, match=why):
+            ensure_writable(path)
+        with pytest.raises(LabelingError, match=why):  # the same message, as labelling's error
+            labeling.editable_root(path)
+    with pytest.raises(PathError, match="read-only"):
+        create_class(DEMO, "new")
+    assert not (DEMO / "new").exists()
+
+
+def test_label_view_lists_the_classes_training_sees(workspace):
+    """The Label page lists classes with core.datasets.class_folders and its images as core.datasets.Item."""
+    from core.datasets import Item, scan_dataset
+
+    root = make_dataset(workspace / "datasets" / "colours", per_class=3)
+    (root / ".hidden").mkdir()
+    (root / "_trash").mkdir()
+    make_image(root / "unlabelled" / "new.png")
+    view = labeling.label_view(root)
+    scanned = scan_dataset(root)
+    assert view.classes == scanned.classes == ["blue", "green", "red"]
+    assert all(isinstance(item, Item) and item.split == "train" for item in view.labelled)
+    assert sorted(item.path for item in view.labelled) == sorted(item.path for item in scanned.items)
+    assert [p.name for p in view.unlabelled] == ["new.png"]
+
+
+def test_pool_order_follows_the_model_then_names():
+    import pandas as pd
+
+    pool = [Path("/d/unlabelled/b.png"), Path("/d/unlabelled/A.png"), Path("/d/unlabelled/c.png")]
+    frame = pd.DataFrame({"path": [str(pool[0]), str(pool[2])], "predicted": ["red", "blue"],
+                          "confidence": [0.9, 0.6]})
+    suggestions = labeling.suggestions_by_path(frame)
+    assert suggestions == {pool[0]: ("red", 0.9), pool[2]: ("blue", 0.6)}
+    assert labeling.suggestions_by_path(None) == {}
+    assert [p.name for p in labeling.order_pool(pool, suggestions, "unsure")] == ["c.png", "b.png", "A.png"]
+    assert [p.name for p in labeling.order_pool(pool, suggestions, "sure")] == ["b.png", "c.png", "A.png"]
+    assert [p.name for p in labeling.order_pool(pool, suggestions, "name")] == ["A.png", "b.png", "c.png"]
+    assert [p.name for p in labeling.order_pool(pool, {}, "unsure")] == ["A.png", "b.png", "c.png"]
+
+
+def test_one_bounded_model_cache(tmp_path, monkeypatch):
+    """Label suggestions and Predictions uploads share core.model_cache: one load per file version, few kept."""
+    import core.export
+    from core import model_cache
+    from core.export import ExportError
+
+    loads = []
+    monkeypatch.setattr(core.export, "load_model", lambda path: loads.append(str(path)) or object())
+    model_cache.clear()
+    files = [tmp_path / f"m{i}.keras" for i in range(3)]
+    for f in files:
+        f.write_bytes(b"model")
+    first = model_cache.load_cached_model(files[0])
+    assert model_cache.load_cached_model(files[0]) is first and len(loads) == 1
+    os.utime(files[0], ns=(1, 1))  # rewritten (a retrained run): a new version, loaded again
+    assert model_cache.load_cached_model(files[0]) is not first and len(loads) == 2
+    for f in files[1:]:
+        model_cache.load_cached_model(f)
+    assert model_cache._load.cache_info().currsize == model_cache.MAX_MODELS
+    model_cache.clear()
+    monkeypatch.undo()
+    with pytest.raises(ExportError, match="does not exist"):
+        model_cache.load_cached_model(tmp_path / "missing.keras")

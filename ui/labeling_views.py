@@ -13,12 +13,9 @@ import streamlit as st
 
 from core.errors import FewShotError
 from core import labeling
-from core.datasets import DatasetError
-from core.labeling import LabelingError
 from core.engine import retrain
 from core.runs import ACTIVE_STATES, Run, RunError, get_run, retrained_from
-from core.workspace import PathError
-from ui.common import dataset_label, md, thumb
+from ui.common import dataset_label, md, thumb, unsaved_uploads
 from ui.dataset_views import flash
 from ui.state import set_dataset
 
@@ -117,6 +114,60 @@ def make_copy(source: Path, name: str, section: str = "label") -> None:
                               f"switched to it. Changes happen in the copy; the original stays as it was.")
 
 
+def save_pool_uploads(root: Path, uploader_key: str, counter_key: str, section: str = "label") -> None:
+    """Save the photos just dropped into the uploader into the unlabelled pool (uploads live only until the next
+    rerun), then give the uploader a new key (`counter_key` + 1) so nothing is saved twice."""
+    files = unsaved_uploads(st.session_state.get(uploader_key))
+    if not files:
+        return
+    try:
+        report = labeling.add_unlabelled_uploads(root, [(f.name, f.getvalue()) for f in files])
+    except _ERRORS as exc:
+        flash(section, "error", f"Nothing was saved: {md(exc)}")
+        return
+    st.session_state[counter_key] += 1
+    if report.saved:
+        flash(section, "success", f"Added {plural(len(report.saved), 'photo')} to the unlabelled pool.")
+    if report.skipped:
+        flash(section, "warning",
+              "Skipped: " + "; ".join(f"{md(name)} ({md(why)})" for name, why in report.skipped[:10]))
+
+
+def _one_change(action: Callable[[], object], failed: str, done: str, icon: str, section: str | None) -> None:
+    """A change to one photo, told in a toast so the view stays where it is. A failure is queued for `section`
+    (the Label page shows it above its views) or, without one (fix widgets on other pages), toasted too."""
+    try:
+        action()
+    except _ERRORS as exc:
+        if section:
+            flash(section, "error", f"{failed}: {md(exc)}")
+        else:
+            st.toast(f"{failed}: {md(exc)}", icon=":material/error:")
+        return
+    st.toast(done, icon=icon)
+
+
+def file_one(root: Path, path: Path, class_name: str, section: str = "label") -> None:
+    """File one photo under `class_name` (the one-at-a-time view)."""
+    _one_change(lambda: labeling.move_to_class(root, [path], class_name), "Not moved",
+                f"{md(path.name)} → {md(class_name)}", ":material/label:", section)
+
+
+def file_one_picked(root: Path, path: Path, key: str, section: str = "label") -> None:
+    """`file_one` to the class chosen in the `class_picker` with this `key`, read at click time."""
+    class_name = picked_class(key)
+    if class_name:
+        file_one(root, path, class_name, section)
+    else:
+        flash(section, "warning", "Type a name for the new class first.")
+
+
+def delete_one(root: Path, path: Path, section: str = "label") -> None:
+    """Move one photo to the trash (the one-at-a-time view)."""
+    _one_change(lambda: labeling.delete_images(root, [path]), "Not deleted", f"{md(path.name)} → trash",
+                ":material/delete:", section)
+
+
 # ---------------------------------------------------------------------------------------------- grids
 
 
@@ -182,21 +233,13 @@ def assign_to_picked(root: Path, paths: Sequence[Path], key: str, section: str =
 
 def _fix_move(copy: Path, path: Path, widget_key: str) -> None:
     class_name = st.session_state.get(widget_key)
-    try:
-        labeling.move_to_class(copy, [path], class_name)
-    except _ERRORS as exc:
-        st.toast(f"Not moved: {md(exc)}", icon=":material/error:")
-        return
-    st.toast(f"{md(path.name)} → **{md(class_name)}**. Retrain to see the effect.", icon=":material/check:")
+    _one_change(lambda: labeling.move_to_class(copy, [path], class_name), "Not moved",
+                f"{md(path.name)} → **{md(class_name)}**. Retrain to see the effect.", ":material/check:", None)
 
 
 def _fix_delete(copy: Path, path: Path) -> None:
-    try:
-        labeling.delete_images(copy, [path])
-    except _ERRORS as exc:
-        st.toast(f"Not deleted: {md(exc)}", icon=":material/error:")
-        return
-    st.toast(f"{md(path.name)} is in the trash (restore it on the Label page).", icon=":material/delete:")
+    _one_change(lambda: labeling.delete_images(copy, [path]), "Not deleted",
+                f"{md(path.name)} is in the trash (restore it on the Label page).", ":material/delete:", None)
 
 
 def _fix_copy(dataset_root: Path) -> None:

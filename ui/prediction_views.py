@@ -18,6 +18,7 @@ from core.errors import FewShotError
 from core import images
 from core.charts import confusion_figure
 from core.datasets import safe_extract_zip
+from core.model_cache import load_cached_model
 
 ALL = "(all)"
 MAX_UPLOAD_IMAGES = 2000  # a zip may hold more; predicting them here would keep the page busy for minutes
@@ -161,18 +162,6 @@ def _wait_for_model_file(run) -> None:
 
 
 # ------------------------------------------------------------------------------------------- new images
-@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def cached_model(path: str, mtime_ns: int):
-    """The run's model.keras, loaded once per file version (a retrained run has a new mtime)."""
-    from core.export import load_model
-
-    return load_model(path)
-
-
-def load_run_model(model_path: Path):
-    return cached_model(str(model_path), model_path.stat().st_mtime_ns)
-
-
 def _image_files(folder: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -244,7 +233,7 @@ def predict_uploads(model_path: Path, classes: list[str], files: Sequence) -> di
     thumbnails as bytes. Returns {"table": DataFrame, "thumbs": [bytes|None], "notes": [str]}."""
     from core.export import predict_files
 
-    model = load_run_model(model_path)
+    model = load_cached_model(model_path)  # the app's one model cache, shared with the Label page
     folder = Path(tempfile.mkdtemp(prefix="fewshot-predict-"))
     try:
         saved, notes = save_uploads(files, folder)
