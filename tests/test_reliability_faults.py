@@ -75,7 +75,7 @@ def test_kill_9_during_a_run_leaves_dataset_cache_and_earlier_runs_intact(worksp
 
     data = make_dataset(workspace / "datasets" / "colours", per_class=4)
     earlier = create_run(TrainConfig(data=str(data), mode="bottleneck", epochs=3))
-    assert execute_run(earlier)["state"] == "done"
+    assert execute_run(earlier).state == "done"
     more = make_dataset(workspace / "datasets" / "more", {"yellow": (220, 220, 30), "cyan": (30, 220, 220),
                                                           "pink": (230, 120, 200)}, per_class=40)
     earlier_files, data_files, n_cached = digest(earlier.path), digest(workspace / "datasets"), \
@@ -94,12 +94,12 @@ def test_kill_9_during_a_run_leaves_dataset_cache_and_earlier_runs_intact(worksp
     assert_cache_sound(workspace, temp_files_allowed=True)
     assert digest(workspace / "datasets") == data_files
     assert digest(earlier.path) == earlier_files and earlier.status().state == "done"
-    probs, failed = predict_files(load_model(earlier.file("model.keras")), sorted(data.rglob("*.png"))[:4])
+    probs, failed = predict_files(load_model(earlier.model_path), sorted(data.rglob("*.png"))[:4])
     assert not failed and np.isfinite(probs).all()
     # The next run uses what the killed one cached and computes only the rest.
     after_kill = len(cache_entries(workspace))
     again = create_run(TrainConfig(data=str(more), mode="bottleneck", epochs=2))
-    assert execute_run(again)["state"] == "done"
+    assert execute_run(again).state == "done"
     assert again.metrics()["n_extracted"] == n_cached + 120 - after_kill
     assert len(cache_entries(workspace)) == n_cached + 120
     assert_cache_sound(workspace)

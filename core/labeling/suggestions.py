@@ -48,7 +48,7 @@ def predict_pool(run: Run, paths: Sequence[str | Path]) -> pd.DataFrame:
     from core.evaluate import predictions_frame
     from core.export import ExportError, predict_files
 
-    model_path = Path(run.file("model.keras"))
+    model_path = run.model_path
     labels = run.labels()
     if not model_path.exists() or not labels:
         raise LabelingError(f"run {run.id} has no saved model (not finished, or failed); pick a finished run.")
