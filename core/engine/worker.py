@@ -50,12 +50,13 @@ class WorkerInfo:
         return process_alive(self.pid, self.pid_start)
 
 
-def _info_path() -> Path:
-    return engine_dir() / "worker.json"
+def _info_path(home: Path | None = None) -> Path:
+    return (home or engine_dir()) / "worker.json"
 
 
-def read_worker() -> WorkerInfo | None:
-    data = fsutil.read_json(_info_path(), None)
+def read_worker(home: Path | None = None) -> WorkerInfo | None:
+    """The worker of this workspace (or of the engine folder `home`), as it last described itself."""
+    data = fsutil.read_json(_info_path(home), None)
     try:
         return WorkerInfo(**data) if isinstance(data, dict) else None
     except TypeError:
@@ -86,16 +87,22 @@ def ensure_worker() -> WorkerInfo:
         return info
 
 
+def eager_start_enabled() -> bool:
+    return os.environ.get("FEWSHOT_EAGER_WORKER", "1") != "0"
+
+
 def keep_engine_running(always: bool = False) -> WorkerInfo | None:
-    """Restart a worker that died while runs wait for it (or, with `always`, start one ahead of the first run)."""
-    if always or queue.entries():
+    """Restart a worker that died while runs wait for it (or, with `always`, start one ahead of the first run,
+    unless FEWSHOT_EAGER_WORKER=0)."""
+    if (always and eager_start_enabled()) or queue.entries():
         return ensure_worker()
     return None
 
 
-def stop_worker(timeout: float = 30.0) -> None:
-    """Ask the worker to finish (a running run is stopped politely) and wait for it to exit."""
-    info = read_worker()
+def stop_worker(home: Path | None = None, timeout: float = 30.0) -> None:
+    """Ask the worker to finish (a running run is stopped politely, finished runs' model files are written) and
+    wait for it to exit."""
+    info = read_worker(home)
     if info is None or not info.alive:
         return
     os.kill(info.pid, signal.SIGTERM)
