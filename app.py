@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import streamlit as st
 
-from core.backbone_specs import get_backbone
+from core.backbones import get_backbone
 from core.engine import keep_engine_running
 from core.runs import active_runs
 from ui.common import dataset_label

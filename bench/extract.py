@@ -92,14 +92,13 @@ def _timed(fn) -> float:
 
 def _worker_convert(payload: dict) -> dict:
     """Time a fresh conversion in a scratch weights folder, then make sure the real one has its conversion."""
-    from core import fast_extract
-    from core.backbones import build_feature_extractor, weights_dir
+    from core.backbones import build_feature_extractor, tflite, weights_dir
 
     name = payload["backbone"]
     build_feature_extractor(name)  # the converted Keras weights exist from here on
     real_dir = weights_dir()
     if not payload.get("time_fresh", True):  # smoke test: only make sure the real conversion exists
-        conversion = fast_extract.convert(name) if not fast_extract.tflite_path(name).exists() else None
+        conversion = tflite.convert(name) if not tflite.tflite_path(name).exists() else None
         return {"seconds": conversion.seconds if conversion else float("nan"),
                 "max_abs_diff": conversion.max_abs_diff if conversion else float("nan"),
                 "relative_diff": conversion.relative_diff if conversion else float("nan"), "accepted": True}
@@ -107,13 +106,13 @@ def _worker_convert(payload: dict) -> dict:
     try:
         shutil.copy2(real_dir / f"{name}.weights.h5", scratch / f"{name}.weights.h5")
         os.environ["FEWSHOT_WEIGHTS_DIR"] = str(scratch)
-        conversion = fast_extract.convert(name)
+        conversion = tflite.convert(name)
     finally:
         os.environ["FEWSHOT_WEIGHTS_DIR"] = str(real_dir)
         shutil.rmtree(scratch, ignore_errors=True)
-    path = fast_extract.tflite_path(name)
+    path = tflite.tflite_path(name)
     if conversion.accepted and not path.exists():
-        fast_extract.convert(name)
+        tflite.convert(name)
     return {"seconds": conversion.seconds, "max_abs_diff": conversion.max_abs_diff,
             "relative_diff": conversion.relative_diff, "accepted": conversion.accepted}
 
@@ -133,7 +132,7 @@ def _system_fn(system: str, model, backbone: str, size: int):
                                                           batch_size=32, shuffle=False, verbose=False)
             return model.predict(ds, verbose=0)
         return run
-    from core.fast_extract import fast_extractor
+    from core.backbones.tflite import fast_extractor
     from core.features import cached_extractor, extract_features
 
     cached_extractor(backbone)  # build outside the timing, like the baselines' model

@@ -28,7 +28,7 @@ ENGINE_ENV = {"tflite": {"FEWSHOT_FAST_EXTRACT": "1"}, "keras": {"FEWSHOT_FAST_E
 
 def worker(payload: dict) -> dict:
     started = time.perf_counter()
-    from core.fast_extract import fast_extractor
+    from core.backbones.tflite import fast_extractor
     from core.features import cached_extractor, extract_features
     imports = time.perf_counter() - started
     backbone = payload["backbone"]

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from core.backbones import DEFAULT_BACKBONE
 from core.config import MODES, TrainConfig
 from core.workspace import DEMO_DATASET
 
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("data", nargs="?", default=str(DEMO_DATASET),
                        help="dataset folder or .zip (default: the built-in demo dataset)")
     train.add_argument("--mode", choices=MODES, default="bottleneck")
-    train.add_argument("--backbone", default="efficientnet_lite0")
+    train.add_argument("--backbone", default=DEFAULT_BACKBONE)
     train.add_argument("--epochs", type=int, help="epochs (head/scratch; default 30)")
     train.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 10)")
     train.add_argument("--batch-size", type=int)
@@ -101,7 +102,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core.backbone_specs import get_backbone
+    from core.backbones import get_backbone
     from core.datasets import scan_dataset
     from core.engine import execute_run
     from core.runs import create_run
@@ -212,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from core.backbone_specs import list_backbones
+    from core.backbones import list_backbones
 
     for spec in list_backbones():
         print(f"{spec.name:20s} {spec.input_size:4d}px  {spec.feature_dim:5d}-d  {spec.description}")

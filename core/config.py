@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from core.augment import AugmentConfig
+from core.backbones import DEFAULT_BACKBONE
 
 MODES = ("scratch", "bottleneck", "finetune")
 MODE_HELP = {
@@ -31,7 +32,7 @@ class TrainConfig:
     seed: int = 0                   # same seed + same data → same split and same initial weights
     # --- model
     mode: str = "bottleneck"        # scratch | bottleneck | finetune
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     dense_units: int = 256          # the head's hidden layer (the recipe's 256)
     dropout: float = 0.5            # the recipe's 0.5
     # --- optimisation
@@ -93,5 +94,5 @@ class TrainConfig:
     def input_size(self) -> int:
         if self.mode == "scratch":
             return SCRATCH_INPUT_SIZE
-        from core.backbone_specs import get_backbone
+        from core.backbones import get_backbone
         return get_backbone(self.backbone).input_size

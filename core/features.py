@@ -3,7 +3,7 @@
 The cache key is the image's content hash, so a second run extracts nothing, and a renamed or relabelled image
 (a file moved to another class folder) costs nothing either. One small `.npy` per entry, written atomically:
 two runs sharing the cache never see a torn file, and a damaged entry is detected and recomputed.
-Misses go through the TFLite copy of the backbone where one is ready (`core.fast_extract`: same features to ~1e-5,
+Misses go through the TFLite copy of the backbone where one is ready (`core.backbones.tflite`: same features to ~1e-5,
 2-4x faster), else through the Keras model.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from core import fsutil, images
 from core.augment import AugmentConfig, build_augmenter
 from core.backbones import build_feature_extractor, get_backbone
-from core.fast_extract import fast_extractor
+from core.backbones.tflite import fast_extractor
 from core.tfenv import tf
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -80,7 +80,7 @@ class FeatureResult:
     n_extracted: int = 0            # cache misses computed by this call
     seconds: float = 0.0
     failed: list[tuple[Path, str]] = field(default_factory=list)
-    engine: str = ""                # what computed the misses: "tflite" (core.fast_extract) or "keras"
+    engine: str = ""                # what computed the misses: "tflite" (core.backbones.tflite) or "keras"
 
 
 _extractor_lock = threading.Lock()

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.errors import FewShotError
 from core import duplicates, labeling
-from core.backbone_specs import BackboneError, get_backbone
+from core.backbones import BackboneError, get_backbone
 from core.datasets import DatasetError, Item
 from core.runs import Run
 from ui import labeling_views as lv

@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.errors import FewShotError
 from core.augment import FIELD_HELP, FILL_MODES, AugmentConfig, AugmentError, preview
-from core.backbone_specs import BackboneError, get_backbone
+from core.backbones import BackboneError, get_backbone
 from core.images import ImageError, load_rgb
 from core.workspace import workspace_root
 from ui.common import current_dataset

@@ -6,7 +6,7 @@ import time
 import streamlit as st
 
 from core.errors import FewShotError
-from core.backbone_specs import get_backbone, list_backbones
+from core.backbones import get_backbone, list_backbones
 from core.charts import history_figure
 from core.config import MODE_HELP, MODES, ConfigError, TrainConfig
 from core.engine import submit

