@@ -38,7 +38,8 @@ import pandas as pd
 from core import fsutil, images
 from core.datasets import (RESERVED_FOLDERS, SPLIT_FOLDER_NAMES, DatasetError, Skipped, detect_layout,
                            scan_class_folder, validate_class_name)
-from core.importing import ImportReport, dataset_name, list_datasets, save_uploads, unique_path
+from core.datasets.importing import (ImportReport, dataset_name, list_datasets, save_uploads,
+                                     unique_path)
 from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed
 
 try:  # advisory lock between processes (and between threads: each open() is its own lock owner)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from PIL import ImageOps
 from core.errors import FewShotError
 from core import images
 from core.charts import confusion_figure
-from core.datasets import safe_extract_zip
+from core.datasets import iter_image_files, safe_extract_zip
 
 ALL = "(all)"
 MAX_UPLOAD_IMAGES = 2000  # a zip may hold more; predicting them here would keep the page busy for minutes
@@ -188,16 +187,6 @@ def load_run_model(model_path: Path):
     return cached_model(str(model_path), model_path.stat().st_mtime_ns)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not images.is_hidden(d) and d != "__MACOSX")
-        for name in sorted(filenames):
-            if not images.is_hidden(name) and not images.is_sidecar(name) and images.has_image_extension(name):
-                found.append(Path(dirpath) / name)
-    return found
-
-
 def save_uploads(files: Sequence, folder: Path) -> tuple[list[tuple[Path, str]], list[str]]:
     """Write uploaded images to `folder` and unpack uploaded zips there.
 
@@ -215,7 +204,7 @@ def save_uploads(files: Sequence, folder: Path) -> tuple[list[tuple[Path, str]],
             except FewShotError as exc:  # DatasetError: not a zip, too big, too many entries
                 notes.append(f"{name}: {exc}")
                 continue
-            members = _image_files(dest)
+            members = list(iter_image_files(dest))
             if not members:
                 notes.append(f"{name}: no images inside.")
             out += [(path, f"{name}/{path.relative_to(dest).as_posix()}") for path in members]
