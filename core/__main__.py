@@ -127,14 +127,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _image_paths(paths: list[str]) -> list[Path]:
-    from core.images import has_image_extension, is_hidden
+    from core.datasets import iter_image_files
 
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.is_file() and has_image_extension(p.name)
-                          and not any(is_hidden(part) for part in p.relative_to(path).parts))
+            out += iter_image_files(path)
         elif path.exists():
             out.append(path)
         else:

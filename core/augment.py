@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.images import resize_tensor_for_model
+
 if TYPE_CHECKING:  # TensorFlow loads on first use: the config alone (every page's settings) must import fast
     from core.tfenv import keras, tf
 
@@ -217,8 +219,7 @@ def _as_float_image(image: np.ndarray, size: int | None) -> tf.Tensor:
     if size is not None:
         if int(size) < 1:
             raise AugmentError(f"size must be a positive number of pixels, got {size!r}")
-        # Same resize the model input pipeline uses, so the preview shows what training sees.
-        x = tf.image.resize(x, (int(size), int(size)), method="bilinear", antialias=True)
+        x = resize_tensor_for_model(x, int(size))  # the model's own resize: the preview shows what training sees
     return x
 
 

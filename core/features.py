@@ -115,9 +115,7 @@ def image_dataset(paths: Sequence[Path], size: int, batch_size: int) -> "tf.data
     def load(path: tf.Tensor):
         image, ok = tf.numpy_function(decode, [path], [tf.uint8, tf.bool], stateful=False)
         image.set_shape([None, None, 3])
-        resized = tf.clip_by_value(tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear",
-                                                   antialias=True), 0.0, 255.0)
-        return resized, tf.reshape(ok, [])
+        return images.resize_tensor_for_model(image, size), tf.reshape(ok, [])
 
     # No tf.data autotuning: its model thread sleeps in doubling periods (up to seconds), and finishing an
     # iterator waits for it, so a pass over the images often ended with a 2.6 or 5 s stall (BENCHMARKS.md).

@@ -111,16 +111,25 @@ def load_resized(path: str | Path, size: int) -> np.ndarray:
     return resize_for_model(load_rgb(path, max_side=2 * size), size)
 
 
-def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
-    """size×size float32 in 0..255, with the same op the exported model's Resizing layer runs.
+def resize_tensor_for_model(image, size: int) -> "tf.Tensor":  # noqa: F821
+    """The model's one resize: an image (HxWx3) or batch, any dtype in 0..255 → size×size float32 in 0..255.
 
-    Keeping this identical to `keras.layers.Resizing(size, size, antialias=True)` is what makes the exported
-    model predict exactly what the app predicts (the most common complaint about tools like this one).
+    Every path to the model goes through here: prediction (`resize_for_model`), feature extraction (the tf.data
+    decode in core.features, where it runs inside a graph) and the augmentation preview. Keeping it identical to
+    the exported model's `keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True)` is what
+    makes the exported model predict exactly what the app predicts (the most common complaint about tools like
+    this one); tests/test_datasets.py checks the two agree. The clip only removes float rounding: bilinear
+    weights are never negative, so the result stays within the input's range.
     """
-    from core.tfenv import tf
+    from core.tfenv import tf  # lazily: pages import this module and must render without TensorFlow
 
     resized = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear", antialias=True)
-    return np.clip(resized.numpy(), 0.0, 255.0)
+    return tf.clip_by_value(resized, 0.0, 255.0)
+
+
+def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
+    """`resize_tensor_for_model` as a numpy array: size×size float32 in 0..255."""
+    return resize_tensor_for_model(image, size).numpy()
 
 
 def check_image(path: str | Path) -> str | None:

@@ -65,6 +65,8 @@ def build_export_model(body: keras.Model, size: int, n_classes: int) -> keras.Mo
     exported model returns one probability per class, in the order of labels.json.
     """
     inputs = keras.Input((None, None, 3), name="image")
+    # The app's resize rule is core.images.resize_tensor_for_model: this layer must stay the same op (checked by
+    # tests/test_datasets.py), or the exported model stops predicting what the app predicted.
     x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, name="resize")(inputs)
     probs = body(x)
     if is_binary(n_classes):

@@ -11,10 +11,11 @@ import streamlit as st
 from core.errors import FewShotError
 from core.charts import class_counts_figure
 from core.datasets import DatasetError, dataset_warnings, detect_layout
-from core.importing import add_uploads, create_class, create_dataset, dataset_name, import_zip, list_datasets
+from core.datasets.importing import (add_uploads, create_class, create_dataset, dataset_name, import_zip,
+                                     list_datasets)
 from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed, is_editable
 from ui.common import dataset_label, load_dataset, unsaved_uploads
-from ui.dataset_views import IMAGE_TYPES, class_folders, flash, md, show_flash, synced, thumbnail_grid
+from ui.dataset_views import IMAGE_TYPES, class_image_counts, flash, md, show_flash, synced, thumbnail_grid
 from ui.state import dataset_path, init_state, set_dataset
 from ui.frame import require_frame
 
@@ -142,7 +143,7 @@ except PathError as exc:
     st.error(f"This folder cannot be used: {md(exc)}")
 
 is_yours = allowed and is_editable(current)  # the one rule for changes: core.workspace
-folders = class_folders(current) if is_yours else {}  # only your own datasets are built here
+folders = class_image_counts(current) if is_yours else {}  # only your own datasets are built here
 is_empty = is_yours and sum(folders.values()) == 0
 
 ds, problem = None, None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -151,3 +152,82 @@ def test_class_names_are_validated():
     for bad in ("", "../x", ".hidden", "a/b", "unlabelled", "train"):
         with pytest.raises(DatasetError):
             validate_class_name(bad)
+
+
+def _walker_fixture(tmp_path: Path) -> tuple[Path, Path]:
+    """A class folder holding every kind of file the walk must judge, and an outside folder it must not reach."""
+    outside = make_dataset(tmp_path / "outside", {"secret": (1, 2, 3)}, per_class=1)
+    folder = tmp_path / "ds" / "red"
+    for rel in ("b.png", "a10.png", "a2.png", "sub/c.png", "sub/deeper/d.jpg", ".hidden/x.png", "__MACOSX/._b.png",
+                ".fewshot/y.png"):
+        make_image(folder / rel)
+    (folder / ".e.png").write_bytes((folder / "b.png").read_bytes())
+    (folder / "fake.png").write_text("<html>decoded later, not by the walk</html>")
+    (folder / "README.txt").write_text("credits")
+    (folder / "notes.docx").write_bytes(b"PK")
+    (folder / "link.png").symlink_to(outside / "secret" / "img_0.png")
+    (folder / "linkdir").symlink_to(outside / "secret", target_is_directory=True)
+    with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as fh:
+        fh.write((folder / "b.png").read_bytes())
+    return folder, outside
+
+
+def test_one_image_file_walker_for_the_scan_the_cli_and_imports(tmp_path):
+    from core.__main__ import _image_paths
+    from core.datasets import iter_image_files, scan_class_folder
+
+    folder, outside = _walker_fixture(tmp_path)
+    found = list(iter_image_files(folder))
+    assert [p.relative_to(folder).as_posix() for p in found] == [
+        "a10.png", "a2.png", "b.png", "fake.png", "sub/c.png", "sub/deeper/d.jpg"]
+    assert all(outside not in p.resolve().parents for p in found)
+    # The scan builds on the same walk: without decoding it keeps exactly these, and says why it left out the rest.
+    good, skipped = scan_class_folder(folder, check=False)
+    assert good == found
+    reasons = {s.path.name: s.reason for s in skipped}
+    assert reasons["link.png"] == reasons["linkdir"] == "symbolic link (not followed)"
+    assert reasons[".e.png"] == reasons["._b.png"] == "hidden or system file"  # ._b.png: in __MACOSX/
+    assert "not an image" in reasons["notes.docx"] and "UTF-8" in reasons["caf\ufffd.png"]
+    assert set(reasons) == {"link.png", "linkdir", ".e.png", "._b.png", "notes.docx", "caf\ufffd.png"}
+    good, skipped = scan_class_folder(folder)  # decoding drops the fake image too
+    assert good == [p for p in found if p.name != "fake.png"] and "fake.png" in {s.path.name for s in skipped}
+    # The command line's `predict FOLDER` walks the same way.
+    assert _image_paths([str(folder)]) == found
+
+
+def test_file_checks_are_remembered_in_a_bounded_cache(tmp_path, monkeypatch):
+    from core.datasets import scan
+
+    assert scan._check_memo.cache_info().maxsize == scan.CHECK_CACHE_SIZE
+    root = make_dataset(tmp_path / "ds", per_class=2)
+    calls: list[str] = []
+    real = images.check_image
+    monkeypatch.setattr(images, "check_image", lambda path: calls.append(str(path)) or real(path))
+    scan._check_memo.cache_clear()
+    scan_dataset(root)
+    assert len(calls) == 6
+    scan_dataset(root)
+    assert len(calls) == 6  # a rescan (every rerun of a page) decodes nothing
+    make_image(root / "red" / "img_0.png", (250, 0, 0), size=(30, 30))
+    scan_dataset(root)
+    assert calls[6:] == [str((root / "red" / "img_0.png").resolve())]  # a rewritten file is checked again
+
+
+def test_the_one_resize_rule_is_the_export_models_resizing_layer(tmp_path):
+    from core.features import image_dataset
+    from core.tfenv import keras
+
+    rng = np.random.default_rng(0)
+    for shape, size in (((37, 53), 32), ((300, 200), 64), ((10, 12), 48)):
+        image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        ours = images.resize_for_model(image, size)
+        assert ours.dtype == np.float32 and ours.shape == (size, size, 3)
+        layer = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True)
+        np.testing.assert_allclose(ours, np.asarray(layer(image[None].astype(np.float32)))[0], atol=1e-3)
+        # Feature extraction's tf.data decode resizes with the same rule.
+        path = tmp_path / f"{shape[0]}x{shape[1]}.png"
+        Image.fromarray(image).save(path)
+        [(batch, ok)] = list(image_dataset([path], size, 1))
+        assert ok.numpy().all()
+        np.testing.assert_array_equal(batch.numpy()[0], images.load_resized(path, size))
+        np.testing.assert_array_equal(images.load_resized(path, size), ours)

@@ -260,7 +260,7 @@ def test_predict_pool_and_accept_above_threshold(workspace, demo_run):
 
 def test_one_rule_for_changing_a_dataset(workspace, tmp_path):
     """Labelling, the Dataset page's class builder and the pages' read-only checks all ask core.workspace."""
-    from core.importing import create_class
+    from core.datasets.importing import create_class
     from core.workspace import PathError, ensure_writable, is_demo
 
     mine = make_dataset(workspace / "datasets" / "mine", per_class=1)

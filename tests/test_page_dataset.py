@@ -174,3 +174,21 @@ def test_split_layout_says_the_folders_decide(workspace):
 
 def open_page(dataset: Path | None = None):
     return open_app_page(PAGE, timeout=120, **({"dataset": str(dataset)} if dataset is not None else {}))
+
+
+def test_the_class_builder_counts_what_the_scan_will_see(tmp_path):
+    import os
+
+    from core.datasets import class_folders
+    from ui.dataset_views import class_image_counts
+
+    root = make_dataset(tmp_path / "ds", per_class=2)
+    (root / "empty").mkdir()  # a class just created: listed with 0
+    make_image(root / "red" / ".fewshot" / "cache.png")  # inside a hidden folder: not part of the dataset
+    (root / "red" / "link.png").symlink_to(root / "green" / "img_0.png")  # never followed
+    make_image(root / "unlabelled" / "pool.png")  # the labelling pool, not a class
+    make_image(root / ".hidden" / "x.png")
+    os.mkdir(os.fsencode(root) + b"/\xff-not-text")
+    assert class_image_counts(root) == {"blue": 2, "empty": 0, "green": 2, "red": 2}
+    assert list(class_image_counts(root)) == [p.name for p in class_folders(root)]
+    assert class_image_counts(tmp_path / "gone") == {}

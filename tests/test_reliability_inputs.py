@@ -25,7 +25,7 @@ from conftest import PROJECT_ROOT, make_dataset, make_image
 from core import images
 from core.datasets import (MAX_ZIP_MEMBERS, DatasetError, dataset_warnings, safe_extract_zip, safe_name,
                            scan_dataset, validate_class_name)
-from core.importing import add_uploads, create_class, create_dataset, import_zip
+from core.datasets.importing import add_uploads, create_class, create_dataset, import_zip
 
 
 # ---------------------------------------------------------------------------------------------- helpers

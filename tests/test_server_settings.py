@@ -18,7 +18,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import DEMO, PROJECT_ROOT, make_dataset
-from core.importing import list_datasets
+from core.datasets.importing import list_datasets
 from core.workspace import PathError, allowed_roots, datasets_dir, ensure_allowed
 
 CONFIG = PROJECT_ROOT / ".streamlit" / "config.toml"

@@ -11,7 +11,7 @@ import streamlit as st
 from ui.common import md  # noqa: F401  (re-exported: pages import it from here)
 
 from core import images
-from core.datasets import RESERVED_FOLDERS
+from core.datasets import class_folders, iter_image_files
 from ui.common import thumb
 
 IMAGE_TYPES = sorted(ext.lstrip(".") for ext in images.IMAGE_EXTENSIONS)  # for st.file_uploader(type=…)
@@ -54,7 +54,7 @@ def show_flash(section: str) -> None:
 # ---------------------------------------------------------------------------------------------- folders
 
 
-def class_folders(root: Path) -> dict[str, int]:
+def class_image_counts(root: Path) -> dict[str, int]:
     """Class folders directly under `root` and how many image files each holds (empty ones included).
 
     A freshly built dataset has empty class folders, which `scan_dataset` rightly refuses; the builder still
@@ -62,14 +62,7 @@ def class_folders(root: Path) -> dict[str, int]:
     """
     if not root.is_dir():
         return {}
-    folders = {}
-    for child in sorted(root.iterdir()):
-        if (child.is_dir() and not child.is_symlink() and not images.is_hidden(child.name)
-                and child.name.lower() not in RESERVED_FOLDERS):
-            folders[child.name] = sum(1 for p in child.rglob("*")
-                                      if p.is_file() and images.has_image_extension(p.name)
-                                      and not images.is_hidden(p.name))
-    return folders
+    return {folder.name: sum(1 for _ in iter_image_files(folder)) for folder in class_folders(root)}
 
 
 # ---------------------------------------------------------------------------------------------- grids

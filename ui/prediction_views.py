@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from PIL import ImageOps
 from core.errors import FewShotError
 from core import images
 from core.charts import confusion_figure
-from core.datasets import safe_extract_zip
+from core.datasets import iter_image_files, safe_extract_zip
 from core.model_cache import load_cached_model
 
 ALL = "(all)"
@@ -162,14 +161,6 @@ def _wait_for_model_file(run) -> None:
 
 
 # ------------------------------------------------------------------------------------------- new images
-def _image_files(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not images.is_hidden(d) and d != "__MACOSX")
-        for name in sorted(filenames):
-            if not images.is_hidden(name) and not images.is_sidecar(name) and images.has_image_extension(name):
-                found.append(Path(dirpath) / name)
-    return found
 
 
 def save_uploads(files: Sequence, folder: Path) -> tuple[list[tuple[Path, str]], list[str]]:
@@ -189,7 +180,7 @@ def save_uploads(files: Sequence, folder: Path) -> tuple[list[tuple[Path, str]],
             except FewShotError as exc:  # DatasetError: not a zip, too big, too many entries
                 notes.append(f"{name}: {exc}")
                 continue
-            members = _image_files(dest)
+            members = list(iter_image_files(dest))
             if not members:
                 notes.append(f"{name}: no images inside.")
             out += [(path, f"{name}/{path.relative_to(dest).as_posix()}") for path in members]

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from core.datasets import DatasetError, validate_class_name
-from core.importing import ImportReport, save_uploads
+from core.datasets.importing import ImportReport, save_uploads
 from core.labeling.journal import Op, apply_moves, new_id
 from core.labeling.places import (LabelingError, class_folder, editable_root, inside, layout_of, pool_folder,
                                   split_of, trash_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from core import fsutil
 from core.datasets import DatasetError
-from core.importing import dataset_name, list_datasets, unique_path
+from core.datasets.importing import dataset_name, list_datasets, unique_path
 from core.labeling.journal import locate
 from core.labeling.places import META_DIR, ORIGIN_NAME, LabelingError, meta_dir
 from core.workspace import PathError, datasets_dir, ensure_allowed, is_editable

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.importing import unique_path
+from core.datasets.importing import unique_path
 from core.labeling.places import (META_DIR, LabelingError, editable_root, inside, journal_path, layout_of,
                                   meta_dir, pool_folder, rel, trash_dir)
 

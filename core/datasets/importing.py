@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import fsutil, images
-from core.datasets import DatasetError, find_dataset_root, safe_extract_zip, safe_name, validate_class_name
+from core.datasets.dataset import DatasetError
+from core.datasets.names import safe_name, validate_class_name
+from core.datasets.scan import find_dataset_root, iter_image_files
+from core.datasets.zips import safe_extract_zip
 from core.workspace import datasets_dir, ensure_writable
 
 MAX_UPLOAD_BYTES = 50 * 1024**2  # per image
@@ -106,7 +109,7 @@ def import_zip(zip_file: Path, name: str) -> tuple[Path, list[str]]:
     notes = safe_extract_zip(Path(zip_file), staging)
     try:
         root = find_dataset_root(staging)
-        if not any(p.is_file() and images.has_image_extension(p.name) for p in root.rglob("*")):
+        if next(iter_image_files(root), None) is None:
             raise DatasetError("the zip holds no images (.jpg, .png, .webp, …): put each class's images in a folder "
                                "named after the class (cats/…, dogs/…) and zip those folders.")
         if not any(p.is_dir() for p in root.iterdir()):
