@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEMO, make_dataset, make_image
 from core import images
 from core.datasets import (DatasetError, dataset_warnings, safe_extract_zip, scan_dataset, split_counts,
                            validate_class_name)
 
 
-def test_demo_dataset_scans_with_counts():
-    ds = scan_dataset(DEMO)
+def test_demo_dataset_scans_with_counts(demo_dataset):
+    ds = scan_dataset(demo_dataset)
     assert ds.classes == ["fish", "monuments", "renewable_energy", "tools"]
     counts = ds.counts()
     assert counts["total"].to_dict() == {"fish": 28, "monuments": 27, "renewable_energy": 28, "tools": 39}
@@ -33,7 +32,7 @@ def test_split_is_stratified_and_reproducible(tiny_dataset):
     assert (counts["val"] == 2).all() and (counts["test"] == 2).all() and (counts["train"] == 4).all()
 
 
-def test_split_keeps_images_in_place_when_others_are_added(tiny_dataset):
+def test_split_keeps_images_in_place_when_others_are_added(tiny_dataset, make_image):
     before = {i.path.name + i.label: i.split for i in scan_dataset(tiny_dataset, val_split=0.25, seed=1).items}
     make_image(tiny_dataset / "red" / "extra.png", (220, 30, 30), seed=99)
     after = {i.path.name + i.label: i.split for i in scan_dataset(tiny_dataset, val_split=0.25, seed=1).items}
@@ -47,7 +46,7 @@ def test_split_counts_leave_a_training_image(n, val, test, expected):
     assert split_counts(n, val, test) == expected
 
 
-def test_bad_files_are_skipped_with_reasons(tmp_path):
+def test_bad_files_are_skipped_with_reasons(tmp_path, make_dataset):
     root = make_dataset(tmp_path / "ds", per_class=3)
     red = root / "red"
     (red / ".DS_Store").write_bytes(b"\x00\x01")
@@ -68,7 +67,7 @@ def test_bad_files_are_skipped_with_reasons(tmp_path):
     assert any("skipped" in w for w in dataset_warnings(ds))
 
 
-def test_image_modes_become_rgb(tmp_path):
+def test_image_modes_become_rgb(tmp_path, make_image):
     gray16 = tmp_path / "g16.png"
     Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(gray16)
     cmyk = tmp_path / "cmyk.jpg"
@@ -98,7 +97,7 @@ def test_exif_orientation_is_applied(tmp_path):
     assert images.load_rgb(path).shape[:2] == (40, 20)  # height 40, width 20 after rotation
 
 
-def test_split_layout_and_zip(tmp_path):
+def test_split_layout_and_zip(tmp_path, make_dataset):
     make_dataset(tmp_path / "src" / "train", per_class=4)
     make_dataset(tmp_path / "src" / "valid", per_class=2)
     ds = scan_dataset(tmp_path / "src")
@@ -112,7 +111,7 @@ def test_split_layout_and_zip(tmp_path):
     assert zds.counts()["total"].sum() == 18
 
 
-def test_errors_a_user_can_act_on(tmp_path):
+def test_errors_a_user_can_act_on(tmp_path, make_dataset):
     make_dataset(tmp_path / "one", {"cats": (1, 2, 3)})
     with pytest.raises(DatasetError, match="at least 2 class"):
         scan_dataset(tmp_path / "one")
