@@ -14,7 +14,7 @@ import streamlit as st
 from core.backbone_specs import get_backbone
 from core.runs import active_runs
 from ui.common import dataset_label
-from ui.frame import mark_frame, open_wanted_page
+from ui.frame import enter_frame
 from ui.state import dataset_path, init_state
 
 st.set_page_config(page_title="Few-Shot Studio", page_icon=":material/photo_library:", layout="wide")
@@ -29,8 +29,7 @@ PAGES = [
     st.Page("pages/6_runs.py", title="Runs", icon=":material/history:"),
 ]
 page = st.navigation(PAGES)
-mark_frame()
-open_wanted_page()
+enter_frame()
 
 with st.sidebar:
     st.markdown("### Few-Shot Studio")

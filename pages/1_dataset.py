@@ -15,8 +15,8 @@ from core.importing import add_uploads, create_class, create_dataset, dataset_na
 from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed
 from ui.common import dataset_label, load_dataset, unsaved_uploads
 from ui.dataset_views import IMAGE_TYPES, class_folders, flash, md, show_flash, synced, thumbnail_grid
-from ui.state import dataset_path, init_state, set_dataset
 from ui.frame import require_frame
+from ui.state import dataset_path, init_state, set_dataset
 
 require_frame(__file__)
 

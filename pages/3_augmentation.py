@@ -14,8 +14,8 @@ from core.images import ImageError, load_rgb
 from core.workspace import workspace_root
 from ui.common import current_dataset
 from ui.dataset_views import IMAGE_TYPES, array_grid, flash, md, show_flash, synced
-from ui.state import init_state
 from ui.frame import require_frame
+from ui.state import init_state
 
 require_frame(__file__)
 
