@@ -15,7 +15,7 @@ from core.backbones import get_backbone
 from core.engine import keep_engine_running
 from core.runs import active_runs
 from ui.common import dataset_label
-from ui.frame import mark_frame, open_wanted_page
+from ui.frame import enter_frame
 from ui.state import dataset_path, init_state
 
 st.set_page_config(page_title="Few-Shot Studio", page_icon=":material/photo_library:", layout="wide")
@@ -41,8 +41,7 @@ PAGES = [
 ]
 page = st.navigation(PAGES)
 warm_engine_once()
-mark_frame()
-open_wanted_page()
+enter_frame()
 
 with st.sidebar:
     st.markdown("### Few-Shot Studio")

@@ -6,7 +6,7 @@ each configuration trains in a fresh process, in a fresh workspace ("cold": ever
 augmented copies included), then again in the same workspace ("warm": all features from the cache). Accuracy
 differences are paired by seed. Runs go through `core.engine.execute_run`, like the app's.
 
-    .venv/bin/python bench/augment.py [DATASET] [--copies 2 5 10] [--seeds 0 1 2] [--tiny]
+    .venv/bin/python -m bench.augment [DATASET] [--copies 2 5 10] [--seeds 0 1 2] [--tiny]
 """
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEMO, TUXPAINT, bench_parser, machine_line, make_tiny_dataset, print_section,  # noqa: E402
-                    run_worker, spread, table)
+from bench.common import (DEMO, TUXPAINT, bench_parser, machine_line, make_tiny_dataset, print_section,
+                          run_worker, spread, table)
 
-TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"  # its worker runs execute_run in a fresh process
+TRAIN_MODULE = "bench.train"  # its worker runs execute_run in a fresh process
 
 
 def measure(data: Path, copies: list[int], seeds: list[int], with_finetune: bool, base: dict, tmp: Path,
@@ -38,12 +37,12 @@ def measure(data: Path, copies: list[int], seeds: list[int], with_finetune: bool
                 if smoke:
                     jobs.append((job, tag))
                     continue
-                res = run_worker(TRAIN_SCRIPT, {"jobs": [job]})
+                res = run_worker(TRAIN_MODULE, {"jobs": [job]})
                 rows.append({**tag, **res["jobs"][0]})
                 print(f"  {tag}: {res['jobs'][0]['to_done']:.1f} s, val acc {res['jobs'][0]['val_accuracy']}",
                       file=sys.stderr, flush=True)
     if jobs:
-        res = run_worker(TRAIN_SCRIPT, {"jobs": [job for job, _ in jobs]})
+        res = run_worker(TRAIN_MODULE, {"jobs": [job for job, _ in jobs]})
         rows += [{**tag, **out} for (_, tag), out in zip(jobs, res["jobs"])]
     return rows
 

@@ -24,8 +24,6 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
 
 DEMO = PROJECT_ROOT / "data" / "demo"
 # GPL-licensed photos: read in place, never copied into the project.
@@ -149,19 +147,19 @@ def serve_worker(args: argparse.Namespace, worker: Callable[[dict], dict]) -> bo
     return True
 
 
-def run_worker(script: Path, payload: dict, env: dict | None = None, timeout: float = 1800) -> dict:
-    """Run `script --worker @PAYLOAD.json` in a fresh Python process; it prints one JSON line starting with
-    RESULT (see `read_payload` and `emit`)."""
+def run_worker(module: str, payload: dict, env: dict | None = None, timeout: float = 1800) -> dict:
+    """Run `python -m MODULE --worker @PAYLOAD.json` (from the project root) in a fresh Python process; it prints
+    one JSON line starting with RESULT (see `read_payload` and `emit`)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="fewshot-bench-payload-") as fh:
         json.dump(payload, fh)  # a file, not argv: thousands of paths exceed the argument-length limit
         fh.flush()
-        proc = subprocess.run([sys.executable, str(script), "--worker", "@" + fh.name], cwd=PROJECT_ROOT,
+        proc = subprocess.run([sys.executable, "-m", module, "--worker", "@" + fh.name], cwd=PROJECT_ROOT,
                               env=full_env, capture_output=True, text=True, timeout=timeout)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"worker {script.name} {payload} failed (exit {proc.returncode}):\n"
+    raise RuntimeError(f"worker {module} {payload} failed (exit {proc.returncode}):\n"
                        f"{proc.stderr[-3000:]}\n{proc.stdout[-1000:]}")
 
 

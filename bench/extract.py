@@ -18,7 +18,7 @@ The machine's limit: a float32 2048^3 matrix multiply through TF with 2 threads 
 round; each backbone's FLOPs per image are counted from its layers (2 x multiply-adds of convolutions and dense
 layers); the fraction of the limit is images/s x FLOPs/image / matmul FLOP/s.
 
-    .venv/bin/python bench/extract.py [DATASET ...] [--backbones efficientnet_lite0 efficientnet_lite2]
+    .venv/bin/python -m bench.extract [DATASET ...] [--backbones efficientnet_lite0 efficientnet_lite2]
                                       [--reps 3] [--tiny]
 """
 from __future__ import annotations
@@ -33,11 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (bench_parser, default_datasets, image_files, machine_line, make_tiny_dataset,  # noqa: E402
-                    median, print_section, run_worker, serve_worker, spread, table, Timer)
+from bench.common import (bench_parser, default_datasets, image_files, machine_line, make_tiny_dataset,
+                          median, print_section, run_worker, serve_worker, spread, table, Timer)
 
-SCRIPT = Path(__file__).resolve()
+MODULE = "bench.extract"  # workers run this module again in a fresh process
 DEFAULT_THREADS = {"FEWSHOT_INTRA_THREADS": "0", "FEWSHOT_INTER_THREADS": "0"}  # 0 = TensorFlow's default
 PROJECT_THREADS = {"FEWSHOT_INTRA_THREADS": "2", "FEWSHOT_INTER_THREADS": "1"}
 SYSTEMS = {  # name -> (label, environment)
@@ -188,18 +187,18 @@ def measure(datasets: list[Path], backbones: list[str], systems: list[str], reps
     results: dict = {"limits": [], "convert": {}, "runs": [], "features_dir": str(features_dir)}
     for backbone in backbones:
         if backbone in ("efficientnet_lite0", "efficientnet_lite2") and "project" in systems:
-            results["convert"][backbone] = run_worker(SCRIPT, {"kind": "convert", "backbone": backbone,
+            results["convert"][backbone] = run_worker(MODULE, {"kind": "convert", "backbone": backbone,
                                                                 "time_fresh": not smoke}, PROJECT_THREADS)
     payload = {"kind": "extract", "datasets": [str(d) for d in datasets], "passes": passes,
                "features_dir": str(features_dir)}
     for rep in range(reps):
-        results["limits"].append(run_worker(SCRIPT, {"kind": "limits", "n": n, "backbones": backbones},
+        results["limits"].append(run_worker(MODULE, {"kind": "limits", "n": n, "backbones": backbones},
                                             PROJECT_THREADS))
         for backbone in backbones:
             order = systems[rep % len(systems):] + systems[:rep % len(systems)]
             # One fresh process per system (a smoke test puts them all in one, with the first one's threading).
             for group in ([order] if smoke else [[s] for s in order]):
-                res = run_worker(SCRIPT, {**payload, "backbone": backbone, "systems": group}, SYSTEMS[group[0]][1])
+                res = run_worker(MODULE, {**payload, "backbone": backbone, "systems": group}, SYSTEMS[group[0]][1])
                 for system, per_dataset in res["systems"].items():
                     results["runs"].append({"rep": rep, "backbone": backbone, "system": system,
                                             "datasets": per_dataset})

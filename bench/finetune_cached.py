@@ -11,7 +11,7 @@ Compared side by side, per seed (a different train/validation split each), with 
 (through `core.engine.execute_run`, in a fresh process): validation accuracy, and the time of the fine-tuning
 stage (`finetune` phase of the run vs caching the activations + training on them).
 
-    .venv/bin/python bench/finetune_cached.py [DATASET] [--copies 5] [--seeds 0 1 2] [--tiny]
+    .venv/bin/python -m bench.finetune_cached [DATASET] [--copies 5] [--seeds 0 1 2] [--tiny]
 """
 from __future__ import annotations
 
@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEMO, TUXPAINT, bench_parser, machine_line, make_tiny_dataset, print_section,  # noqa: E402
-                    run_worker, serve_worker, spread, table, Timer)
+from bench.common import (DEMO, TUXPAINT, bench_parser, machine_line, make_tiny_dataset, print_section,
+                          run_worker, serve_worker, spread, table, Timer)
 
-SCRIPT = Path(__file__).resolve()
-TRAIN_SCRIPT = SCRIPT.parent / "train.py"
+MODULE = "bench.finetune_cached"  # workers run this module again in a fresh process
+TRAIN_MODULE = "bench.train"
 
 
 def worker(payload: dict) -> dict:
@@ -136,11 +135,11 @@ def main() -> None:
         data = (args.data or (TUXPAINT if TUXPAINT.is_dir() else DEMO)).resolve()
         rows = []
         for seed in args.seeds:
-            full = run_worker(TRAIN_SCRIPT, {"jobs": [{
+            full = run_worker(TRAIN_MODULE, {"jobs": [{
                 "workspace": str(tmp / f"ws-full-{seed}"), "data": str(data), "mode": "finetune",
                 "name": f"full-{seed}", "config": {**config, "seed": seed}}]})["jobs"][0]
             started = time.perf_counter()
-            cached = run_worker(SCRIPT, {"data": str(data), "seed": seed, "copies": args.copies, "config": config,
+            cached = run_worker(MODULE, {"data": str(data), "seed": seed, "copies": args.copies, "config": config,
                                          "cache": str(tmp / f"cache-{seed}")})
             cached["wall"] = time.perf_counter() - started
             rows.append({"seed": seed, "full": full, "cached": cached})

@@ -5,7 +5,7 @@ one a distinct file, so each goes through the network) into a scratch folder out
 count runs in a fresh process through `core.features.extract_features` with a fresh feature cache (the cache
 writes are part of the job), for each engine; memory is sampled as the extraction goes.
 
-    .venv/bin/python bench/memory.py [DATASET ...] [--counts 500 2000 5000] [--engines tflite keras] [--tiny]
+    .venv/bin/python -m bench.memory [DATASET ...] [--counts 500 2000 5000] [--engines tflite keras] [--tiny]
 """
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (bench_parser, default_datasets, machine_line, make_scaled_dataset,  # noqa: E402
-                    make_tiny_dataset, peak_rss_mib, print_section, rss_mib, run_worker, serve_worker,
-                    spread, table)
+from bench.common import (bench_parser, default_datasets, machine_line, make_scaled_dataset,
+                          make_tiny_dataset, peak_rss_mib, print_section, rss_mib, run_worker, serve_worker,
+                          spread, table)
 
-SCRIPT = Path(__file__).resolve()
+MODULE = "bench.memory"  # workers run this module again in a fresh process
 ENGINE_ENV = {"tflite": {"FEWSHOT_FAST_EXTRACT": "1"}, "keras": {"FEWSHOT_FAST_EXTRACT": "0"}}
 
 
@@ -86,7 +85,7 @@ def main() -> None:
         for rep in range(args.reps):
             for count in args.counts:
                 for engine in args.engines:
-                    res = run_worker(SCRIPT, {"paths": [str(p) for p in pool[:count]], "backbone": args.backbone,
+                    res = run_worker(MODULE, {"paths": [str(p) for p in pool[:count]], "backbone": args.backbone,
                                               "engine": engine}, ENGINE_ENV[engine])
                     rows.append({"rep": rep, "count": count, **res})
                     print(f"  {count} {engine}: {res['seconds']:.1f} s, peak {res['peak']:.0f} MiB",

@@ -16,7 +16,7 @@ reported apart, as "+ check". Phases come from metrics.json (`phase_seconds`).
     relabel  5 demo images moved to another class folder, then a bottleneck run: content-hash keys mean no image
            goes through the network again
 
-    .venv/bin/python bench/train.py [DATASET ...] [--reps 3] [--slow-reps 1] [--modes ...] [--tiny]
+    .venv/bin/python -m bench.train [DATASET ...] [--reps 3] [--slow-reps 1] [--modes ...] [--tiny]
 """
 from __future__ import annotations
 
@@ -28,11 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEMO, IMAGE_SUFFIXES, bench_parser, default_datasets, machine_line,  # noqa: E402
-                    make_tiny_dataset, median, print_section, run_worker, serve_worker, spread, table)
+from bench.common import (DEMO, IMAGE_SUFFIXES, bench_parser, default_datasets, machine_line,
+                          make_tiny_dataset, median, print_section, run_worker, serve_worker, spread, table)
 
-SCRIPT = Path(__file__).resolve()
+MODULE = "bench.train"  # workers run this module again in a fresh process
 PHASES = ("scanning", "extracting", "bottleneck", "scratch", "finetune", "evaluating", "saving")
 
 
@@ -100,7 +99,7 @@ def measure(datasets: list[Path], modes: list[str], reps: int, slow_reps: int, c
         if smoke:
             pending.append((job, tag))
             return
-        res = run_worker(SCRIPT, {"jobs": [job]})
+        res = run_worker(MODULE, {"jobs": [job]})
         rows.append({**tag, "imports": res["imports"], **res["jobs"][0]})
         print(f"  {tag}: {res['jobs'][0]['to_done']:.2f} s", file=sys.stderr, flush=True)
 
@@ -145,7 +144,7 @@ def measure(datasets: list[Path], modes: list[str], reps: int, slow_reps: int, c
 def _run_pending(pending: list[tuple[dict, dict]]) -> list[dict]:
     if not pending:
         return []
-    res = run_worker(SCRIPT, {"jobs": [job for job, _ in pending]})
+    res = run_worker(MODULE, {"jobs": [job for job, _ in pending]})
     rows = [{**tag, "imports": res["imports"], **out} for (_, tag), out in zip(pending, res["jobs"])]
     pending.clear()
     return rows

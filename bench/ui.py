@@ -8,7 +8,7 @@ run trains in its own process, against the same measurements with nothing traini
                     work of one rerun, without the browser's rendering
   /_stcore/health   an HTTP GET to a real `streamlit run app.py` server: is its event loop responsive?
 
-    .venv/bin/python bench/ui.py [DATASET] [--seconds 40] [--tiny]
+    .venv/bin/python -m bench.ui [DATASET] [--seconds 40] [--tiny]
 """
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEMO, PROJECT_ROOT, TUXPAINT, bench_parser, machine_line, make_tiny_dataset,  # noqa: E402
-                    percentile, print_section, table, Timer)
+from bench.common import (DEMO, PROJECT_ROOT, TUXPAINT, bench_parser, machine_line, make_tiny_dataset,
+                          percentile, print_section, table, Timer)
 
 PAGES = {"Training": "pages/4_training.py", "Dataset": "pages/1_dataset.py", "Runs": "pages/6_runs.py"}
 

@@ -16,8 +16,8 @@ from core.datasets.importing import (add_uploads, create_class, create_dataset, 
 from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed, is_editable
 from ui.common import dataset_label, load_dataset, unsaved_uploads
 from ui.dataset_views import IMAGE_TYPES, class_image_counts, flash, md, show_flash, synced, thumbnail_grid
-from ui.state import dataset_path, init_state, set_dataset
 from ui.frame import require_frame
+from ui.state import dataset_path, init_state, set_dataset
 
 require_frame(__file__)
 

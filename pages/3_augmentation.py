@@ -10,12 +10,12 @@ import streamlit as st
 from core.errors import FewShotError
 from core.augment import FIELD_HELP, FILL_MODES, AugmentConfig, AugmentError, preview
 from core.backbones import BackboneError, get_backbone
-from core.images import ImageError, load_rgb
+from core.images import load_rgb
 from core.workspace import workspace_root
 from ui.common import current_dataset
 from ui.dataset_views import IMAGE_TYPES, array_grid, flash, md, show_flash, synced
-from ui.state import init_state
 from ui.frame import require_frame
+from ui.state import init_state
 
 require_frame(__file__)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (first time only) and run the whole test suite, the real-browser test included.
+# Set up (first time only), lint, and run the whole test suite, the real-browser test included.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k datasets).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +10,6 @@ if ! command -v chromium >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
+# Lint first: a finding fails the script before the (long) test run.
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -1,8 +1,14 @@
-"""Shared fixtures: a private workspace per test, images made on the spot, one real finished run per session."""
+"""Shared fixtures: a private workspace per test, images made on the spot, one real finished run per session.
+
+Tests take these helpers as fixtures (`make_image`, `open_app_page`, `project_root`...), never by importing this
+file: pytest loads conftest.py itself, and `from conftest import ...` would only work with tests/ on sys.path.
+The project root is on sys.path through pyproject.toml (`pythonpath`), so tests import core/ and ui/ directly.
+"""
 from __future__ import annotations
 
 import os
-import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +17,13 @@ from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO = PROJECT_ROOT / "data" / "demo"
-sys.path.insert(0, str(PROJECT_ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Converted backbone weights are shared by every test (converting again would only cost time).
 os.environ.setdefault("FEWSHOT_WEIGHTS_DIR", str(Path.home() / ".cache" / "fewshot" / "weights"))
 
 
-def make_image(path: Path, color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (48, 40),
+def _make_image(path: Path, color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (48, 40),
                fmt: str | None = None, noise: int = 20, seed: int = 0) -> Path:
     """A small real image file: a colour with some noise and a darker square, so classes are learnable."""
     rng = np.random.default_rng(seed)
@@ -29,13 +34,13 @@ def make_image(path: Path, color: tuple[int, int, int] = (200, 30, 30), size: tu
     return path
 
 
-def make_dataset(root: Path, classes: dict[str, tuple[int, int, int]] | None = None, per_class: int = 8,
+def _make_dataset(root: Path, classes: dict[str, tuple[int, int, int]] | None = None, per_class: int = 8,
                  size: tuple[int, int] = (48, 40)) -> Path:
     """ROOT/<class>/img_<i>.png with one colour per class."""
     classes = classes or {"red": (210, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
     for c_index, (name, color) in enumerate(classes.items()):
         for i in range(per_class):
-            make_image(root / name / f"img_{i}.png", color, size, seed=1000 * c_index + i)
+            _make_image(root / name / f"img_{i}.png", color, size, seed=1000 * c_index + i)
     return root
 
 
@@ -49,7 +54,7 @@ def workspace(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
-    return make_dataset(tmp_path / "tiny")
+    return _make_dataset(tmp_path / "tiny")
 
 
 @pytest.fixture(scope="session")
@@ -75,10 +80,8 @@ def demo_run(tmp_path_factory) -> Path:
     return run.path
 
 
-def wait_for(predicate, timeout: float = 300, interval: float = 0.1):
+def _wait_for(predicate, timeout: float = 300, interval: float = 0.1):
     """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` seconds."""
-    import time
-
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
@@ -88,7 +91,7 @@ def wait_for(predicate, timeout: float = 300, interval: float = 0.1):
     raise AssertionError("timed out waiting")
 
 
-def open_app_page(page: str, timeout: float = 180, **state):
+def _open_app_page(page: str, timeout: float = 180, **state):
     """An AppTest of app.py switched to `page` ("pages/…py"), with `state` seeded into session_state."""
     from streamlit.testing.v1 import AppTest
 
@@ -111,3 +114,41 @@ def run_copy(demo_run, tmp_path, monkeypatch) -> Path:
     shutil.copytree(demo_run, ws / "runs" / demo_run.name)
     monkeypatch.setenv("FEWSHOT_WORKSPACE", str(ws))
     return ws / "runs" / demo_run.name
+
+
+# ------------------------------------------------------------------------------------- helpers as fixtures
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    """The project folder (app.py, pages/, core/...): where subprocesses run and AppTests find app.py."""
+    return PROJECT_ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_dataset() -> Path:
+    """The built-in demo dataset (data/demo): read-only, never modified by a test."""
+    return DEMO
+
+
+@pytest.fixture(scope="session")
+def make_image() -> Callable[..., Path]:
+    """`make_image(path, color=..., size=..., fmt=..., noise=..., seed=...)`: a small real image file."""
+    return _make_image
+
+
+@pytest.fixture(scope="session")
+def make_dataset() -> Callable[..., Path]:
+    """`make_dataset(root, classes=None, per_class=8, size=...)`: ROOT/<class>/img_<i>.png, a colour per class."""
+    return _make_dataset
+
+
+@pytest.fixture(scope="session")
+def wait_for() -> Callable:
+    """`wait_for(predicate, timeout=300, interval=0.1)`: poll until truthy (returned), or fail."""
+    return _wait_for
+
+
+@pytest.fixture(scope="session")
+def open_app_page() -> Callable:
+    """`open_app_page("pages/...py", timeout=180, **session_state)`: an AppTest of app.py on that page."""
+    return _open_app_page

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import skimage.data
 
-from conftest import PROJECT_ROOT
 from core import backbones
 from core.backbones import BackboneError, lite, torch_weights, vgg16
 from core.tfenv import keras, tf
@@ -86,14 +85,14 @@ def test_weights_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert backbones.weights_dir() == Path.home() / ".cache" / "fewshot" / "weights"
 
 
-def test_registry_imports_without_tensorflow():
+def test_registry_imports_without_tensorflow(project_root):
     """Pages and run settings read the registry at every page load: it must not pull in TensorFlow."""
     code = ("import sys; import core.backbones, core.config, core.__main__, ui.state; "
             "from core.backbones import (DEFAULT_BACKBONE, BackboneError, BackboneSpec, build_feature_extractor, "
             "get_backbone, list_backbones, set_top_block_trainable); "
             "[s.input_size for s in list_backbones()]; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=project_root, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"

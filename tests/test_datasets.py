@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEMO, make_dataset, make_image
 from core import images
 from core.datasets import (DatasetError, dataset_warnings, safe_extract_zip, scan_dataset, split_counts,
                            validate_class_name)
 
 
-def test_demo_dataset_scans_with_counts():
-    ds = scan_dataset(DEMO)
+def test_demo_dataset_scans_with_counts(demo_dataset):
+    ds = scan_dataset(demo_dataset)
     assert ds.classes == ["fish", "monuments", "renewable_energy", "tools"]
     counts = ds.counts()
     assert counts["total"].to_dict() == {"fish": 28, "monuments": 27, "renewable_energy": 28, "tools": 39}
@@ -34,7 +33,7 @@ def test_split_is_stratified_and_reproducible(tiny_dataset):
     assert (counts["val"] == 2).all() and (counts["test"] == 2).all() and (counts["train"] == 4).all()
 
 
-def test_split_keeps_images_in_place_when_others_are_added(tiny_dataset):
+def test_split_keeps_images_in_place_when_others_are_added(tiny_dataset, make_image):
     before = {i.path.name + i.label: i.split for i in scan_dataset(tiny_dataset, val_split=0.25, seed=1).items}
     make_image(tiny_dataset / "red" / "extra.png", (220, 30, 30), seed=99)
     after = {i.path.name + i.label: i.split for i in scan_dataset(tiny_dataset, val_split=0.25, seed=1).items}
@@ -48,7 +47,7 @@ def test_split_counts_leave_a_training_image(n, val, test, expected):
     assert split_counts(n, val, test) == expected
 
 
-def test_bad_files_are_skipped_with_reasons(tmp_path):
+def test_bad_files_are_skipped_with_reasons(tmp_path, make_dataset):
     root = make_dataset(tmp_path / "ds", per_class=3)
     red = root / "red"
     (red / ".DS_Store").write_bytes(b"\x00\x01")
@@ -69,7 +68,7 @@ def test_bad_files_are_skipped_with_reasons(tmp_path):
     assert any("skipped" in w for w in dataset_warnings(ds))
 
 
-def test_image_modes_become_rgb(tmp_path):
+def test_image_modes_become_rgb(tmp_path, make_image):
     gray16 = tmp_path / "g16.png"
     Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(gray16)
     cmyk = tmp_path / "cmyk.jpg"
@@ -99,7 +98,7 @@ def test_exif_orientation_is_applied(tmp_path):
     assert images.load_rgb(path).shape[:2] == (40, 20)  # height 40, width 20 after rotation
 
 
-def test_split_layout_and_zip(tmp_path):
+def test_split_layout_and_zip(tmp_path, make_dataset):
     make_dataset(tmp_path / "src" / "train", per_class=4)
     make_dataset(tmp_path / "src" / "valid", per_class=2)
     ds = scan_dataset(tmp_path / "src")
@@ -113,7 +112,7 @@ def test_split_layout_and_zip(tmp_path):
     assert zds.counts()["total"].sum() == 18
 
 
-def test_errors_a_user_can_act_on(tmp_path):
+def test_errors_a_user_can_act_on(tmp_path, make_dataset):
     make_dataset(tmp_path / "one", {"cats": (1, 2, 3)})
     with pytest.raises(DatasetError, match="at least 2 class"):
         scan_dataset(tmp_path / "one")
@@ -154,7 +153,7 @@ def test_class_names_are_validated():
             validate_class_name(bad)
 
 
-def _walker_fixture(tmp_path: Path) -> tuple[Path, Path]:
+def _walker_fixture(tmp_path: Path, make_dataset, make_image) -> tuple[Path, Path]:
     """A class folder holding every kind of file the walk must judge, and an outside folder it must not reach."""
     outside = make_dataset(tmp_path / "outside", {"secret": (1, 2, 3)}, per_class=1)
     folder = tmp_path / "ds" / "red"
@@ -172,11 +171,11 @@ def _walker_fixture(tmp_path: Path) -> tuple[Path, Path]:
     return folder, outside
 
 
-def test_one_image_file_walker_for_the_scan_the_cli_and_imports(tmp_path):
+def test_one_image_file_walker_for_the_scan_the_cli_and_imports(tmp_path, make_dataset, make_image):
     from core.__main__ import _image_paths
     from core.datasets import iter_image_files, scan_class_folder
 
-    folder, outside = _walker_fixture(tmp_path)
+    folder, outside = _walker_fixture(tmp_path, make_dataset, make_image)
     found = list(iter_image_files(folder))
     assert [p.relative_to(folder).as_posix() for p in found] == [
         "a10.png", "a2.png", "b.png", "fake.png", "sub/c.png", "sub/deeper/d.jpg"]
@@ -195,7 +194,7 @@ def test_one_image_file_walker_for_the_scan_the_cli_and_imports(tmp_path):
     assert _image_paths([str(folder)]) == found
 
 
-def test_file_checks_are_remembered_in_a_bounded_cache(tmp_path, monkeypatch):
+def test_file_checks_are_remembered_in_a_bounded_cache(tmp_path, monkeypatch, make_dataset, make_image):
     from core.datasets import scan
 
     assert scan._check_memo.cache_info().maxsize == scan.CHECK_CACHE_SIZE

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from conftest import make_image
 from core import duplicates
 from core.datasets import Item, scan_dataset
 
@@ -80,7 +79,7 @@ def test_pairs_are_classified_within_across_classes_and_splits(tmp_path):
     assert duplicates.find_near_duplicates(items[:1]) == []
 
 
-def test_same_layout_in_another_colour_is_not_a_duplicate(tmp_path):
+def test_same_layout_in_another_colour_is_not_a_duplicate(tmp_path, make_image):
     """A red and a blue shirt photographed the same way share their grey structure, not their colours."""
     red = make_image(tmp_path / "red.png", (210, 40, 40), (96, 80), seed=1)
     blue = make_image(tmp_path / "blue.png", (40, 60, 210), (96, 80), seed=1)

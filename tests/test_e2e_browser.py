@@ -16,10 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT_ROOT
-
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-OUTPUT = PROJECT_ROOT / "test-output" / "e2e"
 PAGES = {"dataset": "Dataset", "label": "Label", "augmentation": "Augmentation preview", "training": "Training",
          "predictions": "Predictions", "runs": "Runs"}
 
@@ -33,7 +30,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, project_root):
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: scripts/test.sh installs it (apt-get install chromium chromium-driver).")
     ws = tmp_path_factory.mktemp("e2e_ws")
@@ -43,7 +40,7 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--browser.gatherUsageStats", "false"],
-                            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=project_root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -65,10 +62,17 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def output(project_root) -> Path:
+    """Where the screenshots go: test-output/e2e (git ignores it)."""
+    folder = project_root / "test-output" / "e2e"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def page(server):
     from playwright.sync_api import sync_playwright
 
-    OUTPUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -94,13 +98,13 @@ def assert_no_exception(page) -> None:
     assert page.locator("[data-testid='stException']").count() == 0, page.inner_text("body")[:3000]
 
 
-def test_every_page_renders(server, page):
+def test_every_page_renders(server, page, output):
     url, _ = server
     for name, title in PAGES.items():
         page.goto(f"{url}/{name}")
         wait_idle(page, title)
         assert_no_exception(page)
-        page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
+        page.screenshot(path=str(output / f"{name}.png"), full_page=True)
     page.goto(f"{url}/dataset")
     wait_idle(page, "Dataset")
     body = page.inner_text("body")
@@ -108,7 +112,7 @@ def test_every_page_renders(server, page):
         assert cls in body
 
 
-def test_train_from_the_browser_and_see_predictions(server, page):
+def test_train_from_the_browser_and_see_predictions(server, page, output):
     url, ws = server
     page.goto(f"{url}/training")
     wait_idle(page, "Training")
@@ -118,7 +122,7 @@ def test_train_from_the_browser_and_see_predictions(server, page):
     wait_idle(page)
     assert_no_exception(page)
     assert "Validation accuracy" in page.inner_text("body")
-    page.screenshot(path=str(OUTPUT / "training-done.png"), full_page=True)
+    page.screenshot(path=str(output / "training-done.png"), full_page=True)
 
     page.goto(f"{url}/predictions")
     wait_idle(page, "Predictions")
@@ -128,17 +132,17 @@ def test_train_from_the_browser_and_see_predictions(server, page):
     body = page.inner_text("body")
     assert any(cls in body for cls in ("fish", "monuments", "renewable_energy", "tools"))
     assert "%" in body  # confidences
-    page.screenshot(path=str(OUTPUT / "predictions-grid.png"), full_page=True)
+    page.screenshot(path=str(output / "predictions-grid.png"), full_page=True)
 
     page.goto(f"{url}/runs")
     wait_idle(page, "Runs")
     assert_no_exception(page)
-    page.screenshot(path=str(OUTPUT / "runs-after.png"), full_page=True)
+    page.screenshot(path=str(output / "runs-after.png"), full_page=True)
     runs = list((ws / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "model.keras").exists()
 
 
-def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path):
+def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path, project_root, output):
     """Issue 4 in the browser: copy the demo, upload unlabelled photos, accept the model's suggestions, retrain."""
     import json
 
@@ -152,14 +156,14 @@ def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path):
     assert_no_exception(page)
     # Three new photos (mirrored demo tools: new content, so the retrain extracts exactly these three).
     new = []
-    for i, src in enumerate(sorted((PROJECT_ROOT / "data" / "demo" / "tools").glob("*.jpg"))[:3]):
+    for i, src in enumerate(sorted((project_root / "data" / "demo" / "tools").glob("*.jpg"))[:3]):
         path = tmp_path / f"new photo {i}.jpg"
         ImageOps.mirror(Image.open(src).convert("RGB")).save(path, quality=92)
         new.append(str(path))
     page.locator(".st-key-lbl_upload_0 input[type=file]").set_input_files(new)
     page.wait_for_selector("text=Added 3 photos", timeout=60_000)
     wait_idle(page, "Label")
-    page.screenshot(path=str(OUTPUT / "label-suggestions.png"), full_page=True)
+    page.screenshot(path=str(output / "label-suggestions.png"), full_page=True)
     page.locator(".st-key-lbl_accept button").click()
     page.wait_for_function("() => document.body.innerText.includes('tools: 42')", timeout=60_000)
     wait_idle(page, "Label")
@@ -168,13 +172,13 @@ def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path):
     left = list((copy / "unlabelled").glob("*.jpg")) if (copy / "unlabelled").exists() else []
     assert not left, (left, list(copy.iterdir()))
     assert len(list((copy / "tools").glob("new photo*.jpg"))) == 3  # the model said "tools" for all three
-    page.screenshot(path=str(OUTPUT / "label-after-accept.png"), full_page=True)
+    page.screenshot(path=str(output / "label-after-accept.png"), full_page=True)
 
     page.get_by_role("button", name="Retrain with my fixes").click()
     # The Label page follows the retraining live, then says what it gave and opens its predictions.
     page.wait_for_selector("text=Retrained in", timeout=300_000)
     assert_no_exception(page)
-    page.screenshot(path=str(OUTPUT / "label-retrained.png"), full_page=True)
+    page.screenshot(path=str(output / "label-retrained.png"), full_page=True)
     runs = sorted((ws / "runs").iterdir())
     assert len(runs) == 2
     page.get_by_role("button", name="Show the new results").click()
@@ -182,7 +186,7 @@ def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path):
     assert_no_exception(page)
     n_train = json.loads((runs[-1] / "metrics.json").read_text())["n_train"]
     assert f"{n_train} training images" in page.inner_text("body")  # the new run's summary (the first had 97)
-    page.screenshot(path=str(OUTPUT / "predictions-after-retrain.png"), full_page=True)
+    page.screenshot(path=str(output / "predictions-after-retrain.png"), full_page=True)
     page.goto(f"{url}/training")
     wait_idle(page, "Training")
     page.wait_for_selector("text=Finished", timeout=300_000)
@@ -193,7 +197,7 @@ def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path):
     assert_no_exception(page)
 
 
-def test_predictions_wait_for_the_model_file_then_show_what_needs_it(server, page, demo_run):
+def test_predictions_wait_for_the_model_file_then_show_what_needs_it(server, page, demo_run, output):
     """A bottleneck run is done before its model.keras exists: the page shows the results at once and polls until
     the file lands (here: put back by the test while a live process stands in for the run's)."""
     from core.runs import process_start_time, get_run
@@ -212,7 +216,7 @@ def test_predictions_wait_for_the_model_file_then_show_what_needs_it(server, pag
         page.wait_for_selector("text=Confusion matrix", timeout=60_000)
         assert page.get_by_text("Photos or a .zip").count() == 0
         assert_no_exception(page)
-        page.screenshot(path=str(OUTPUT / "predictions-model-writing.png"), full_page=True)
+        page.screenshot(path=str(output / "predictions-model-writing.png"), full_page=True)
 
         saved.rename(run_dir / "model.keras")
         get_run(run_dir).update_status(model_file="ready")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import DEMO
 from core.backbones import build_feature_extractor, list_backbones, tflite
 from core.features import extract_features
 
@@ -20,11 +19,11 @@ def weights(tmp_path, monkeypatch):
     return tmp_path / "weights"
 
 
-def test_conversion_matches_keras_and_extraction_uses_it(weights, monkeypatch):
+def test_conversion_matches_keras_and_extraction_uses_it(weights, monkeypatch, demo_dataset):
     conversion = tflite.convert(BACKBONE)
     assert conversion.accepted and conversion.relative_diff < 1e-4
     assert conversion.path.exists() and conversion.path.parent == weights
-    paths = sorted(DEMO.glob("*/*.jpg"))[:12]
+    paths = sorted(demo_dataset.glob("*/*.jpg"))[:12]
     monkeypatch.setenv(tflite.ENV, "0")
     keras_result = extract_features(paths, BACKBONE, None)
     monkeypatch.delenv(tflite.ENV)

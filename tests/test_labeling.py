@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO, PROJECT_ROOT, make_dataset, make_image
 from core import labeling
 from core.labeling import LabelingError, journal
 
 
 @pytest.fixture
-def ds(workspace) -> Path:
+def ds(workspace, make_dataset, make_image) -> Path:
     """A workspace dataset: red/green/blue × 4 images and 3 unlabelled images."""
     root = make_dataset(workspace / "datasets" / "colours", per_class=4)
     for i in range(3):
@@ -101,7 +100,7 @@ def test_unlabel_and_locate(ds):
     assert labeling.locate(ds, ds / "red" / "no_such.png") is None
 
 
-def test_split_layout_keeps_each_photo_in_its_split(workspace):
+def test_split_layout_keeps_each_photo_in_its_split(workspace, make_dataset, make_image):
     root = workspace / "datasets" / "split"
     make_dataset(root / "train", {"cats": (200, 100, 50), "dogs": (50, 100, 200)}, per_class=3)
     make_dataset(root / "validation", {"cats": (200, 100, 50), "dogs": (50, 100, 200)}, per_class=1)
@@ -119,7 +118,7 @@ def test_split_layout_keeps_each_photo_in_its_split(workspace):
     assert (root / "validation" / "cats" / "img_0.png").exists() and (root / "unlabelled" / "new.png").exists()
 
 
-def test_refuses_unsafe_changes(ds, tmp_path):
+def test_refuses_unsafe_changes(ds, tmp_path, demo_dataset, make_dataset, make_image):
     outside = make_image(tmp_path / "elsewhere.png")
     with pytest.raises(LabelingError, match="outside"):
         labeling.move_to_class(ds, [outside], "red")
@@ -133,7 +132,7 @@ def test_refuses_unsafe_changes(ds, tmp_path):
     with pytest.raises(LabelingError, match="symbolic link"):
         labeling.delete_images(ds, [ds / "red" / "link.png"])
     with pytest.raises(LabelingError, match="read-only"):
-        labeling.delete_images(DEMO, [next((DEMO / "fish").iterdir())])
+        labeling.delete_images(demo_dataset, [next((demo_dataset / "fish").iterdir())])
     other = make_dataset(tmp_path / "not_in_workspace", per_class=2)
     with pytest.raises(LabelingError, match="not a dataset in the workspace"):
         labeling.move_to_class(other, [other / "red" / "img_0.png"], "blue")
@@ -163,11 +162,10 @@ def test_crash_before_the_rename_rolls_back(ds, monkeypatch):
     assert labeling.can_undo(ds) == 0 and labeling.recover(ds) == []  # settled once, for good
 
 
-def test_real_crash_after_the_rename_completes(ds):
+def test_real_crash_after_the_rename_completes(ds, project_root):
     """A separate process renames the file and dies (os._exit) before writing 'committed'."""
     script = (
-        "import os, sys\n"
-        f"sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
+        "import os\n"
         "from core import labeling\n"
         "from core.labeling import journal\n"
         "real = os.rename\n"
@@ -178,7 +176,8 @@ def test_real_crash_after_the_rename_completes(ds):
         f"labeling.move_to_class({str(ds)!r}, [{str(ds / 'unlabelled' / 'new_1.png')!r}], 'red')\n"
     )
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=project_root, env=env, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 9, proc.stderr
     assert journal_lines(ds)[-1]["state"] == "pending"
     # Any next change recovers first; here the page's explicit call.
@@ -208,11 +207,11 @@ def test_recovery_of_hand_written_pending_steps(ds):
     assert labeling.history(ds)[0].state == "committed"
 
 
-def test_uploads_and_editable_copy(workspace):
-    copy = labeling.make_editable_copy(DEMO, "demo")
+def test_uploads_and_editable_copy(workspace, demo_dataset, make_image):
+    copy = labeling.make_editable_copy(demo_dataset, "demo")
     assert copy.parent == (workspace / "datasets").resolve() and labeling.is_editable(copy)
-    assert not labeling.is_editable(DEMO)
-    assert labeling.label_view(copy).counts() == labeling.label_view(DEMO).counts()
+    assert not labeling.is_editable(demo_dataset)
+    assert labeling.label_view(copy).counts() == labeling.label_view(demo_dataset).counts()
     photo = make_image(workspace / "photo.jpg", fmt="JPEG")
     data = photo.read_bytes()
     report = labeling.add_unlabelled_uploads(copy, [("photo.jpg", data), ("photo.jpg", data),
@@ -220,14 +219,14 @@ def test_uploads_and_editable_copy(workspace):
     assert [p.name for p in report.saved] == ["photo.jpg", "photo-2.jpg"]
     assert [name for name, _ in report.skipped] == ["notes.png"]
     assert len(labeling.unlabelled_images(copy)) == 2
-    assert labeling.make_editable_copy(DEMO, "demo").name == "demo-2"
+    assert labeling.make_editable_copy(demo_dataset, "demo").name == "demo-2"
 
 
-def test_predict_pool_and_accept_above_threshold(workspace, demo_run):
+def test_predict_pool_and_accept_above_threshold(workspace, demo_run, demo_dataset, make_image):
     from core.runs import Run
 
     run = Run(demo_run)
-    copy = labeling.make_editable_copy(DEMO, "demo")
+    copy = labeling.make_editable_copy(demo_dataset, "demo")
     pool = copy / "unlabelled"
     pool.mkdir()
     originals = {}
@@ -258,10 +257,12 @@ def test_predict_pool_and_accept_above_threshold(workspace, demo_run):
         labeling.accept_predictions(copy, frame, 0.0)
 
 
-def test_one_rule_for_changing_a_dataset(workspace, tmp_path):
+def test_one_rule_for_changing_a_dataset(workspace, tmp_path, make_dataset, demo_dataset):
     """Labelling, the Dataset page's class builder and the pages' read-only checks all ask core.workspace."""
     from core.datasets.importing import create_class
     from core.workspace import PathError, ensure_writable, is_demo
+
+    DEMO = demo_dataset
 
     mine = make_dataset(workspace / "datasets" / "mine", per_class=1)
     assert ensure_writable(mine) == mine.resolve() and labeling.is_editable(mine) and not is_demo(mine)
@@ -280,7 +281,7 @@ def test_one_rule_for_changing_a_dataset(workspace, tmp_path):
     assert not (DEMO / "new").exists()
 
 
-def test_label_view_lists_the_classes_training_sees(workspace):
+def test_label_view_lists_the_classes_training_sees(workspace, make_dataset, make_image):
     """The Label page lists classes with core.datasets.class_folders and its images as core.datasets.Item."""
     from core.datasets import Item, scan_dataset
 

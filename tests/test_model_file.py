@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import PROJECT_ROOT, open_app_page
 from core.config import TrainConfig
 from core.engine import execute_run, write_run_model
 from core.export import load_model, predict_files
@@ -70,18 +69,18 @@ def test_process_that_died_before_writing_the_model_file_is_reported_and_repaire
     _model_agrees_with_predictions(run_copy)
 
 
-def test_cli_writes_the_model_file_again(run_copy):
+def test_cli_writes_the_model_file_again(run_copy, project_root):
     _as_if_writing(run_copy, _dead_pid(), None)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-m", "core", "export", str(run_copy), "--model-file"],
-                            capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=300)
+                            capture_output=True, text=True, cwd=project_root, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(run_copy / "model.keras")
     assert get_run(run_copy).status().model_file == "ready"
     _model_agrees_with_predictions(run_copy)
 
 
-def test_predictions_page_shows_results_while_the_model_file_is_written(run_copy):
+def test_predictions_page_shows_results_while_the_model_file_is_written(run_copy, open_app_page):
     # This process stands in for the run's: alive, so the model file is still being written.
     _as_if_writing(run_copy, os.getpid(), process_start_time(os.getpid()))
     at = open_app_page("pages/5_predictions.py")
@@ -93,7 +92,7 @@ def test_predictions_page_shows_results_while_the_model_file_is_written(run_copy
     assert "pred_dl_model" not in [b.key for b in at.get("download_button")]
 
 
-def test_predictions_page_writes_a_missing_model_file_again(run_copy):
+def test_predictions_page_writes_a_missing_model_file_again(run_copy, open_app_page):
     _as_if_writing(run_copy, _dead_pid(), None)
     at = open_app_page("pages/5_predictions.py")
     assert any("could not be written" in e.value for e in at.error)

@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_ROOT, make_image, open_app_page
 from core.augment import AugmentConfig
 
 PAGE = "pages/3_augmentation.py"
 N = 8  # the page's default number of samples
 
 
-def open_page(**state) -> AppTest:
-    return open_app_page(PAGE, timeout=120, **state)
+@pytest.fixture
+def open_page(open_app_page):
+    def open_page(**state) -> AppTest:
+        return open_app_page(PAGE, timeout=120, **state)
+
+    return open_page
 
 
 def previews(at: AppTest) -> list[tuple[str, list[str]]]:
@@ -28,7 +32,7 @@ def previews(at: AppTest) -> list[tuple[str, list[str]]]:
     return [(urls[s], urls[s + 1:e]) for s, e in zip(starts, ends)]
 
 
-def test_renders_the_default_preview(workspace):
+def test_renders_the_default_preview(workspace, open_page):
     at = open_page()
     assert at.session_state["augment"] == AugmentConfig().to_dict()
     # Default pick: the first photo of each of the first two demo classes.
@@ -41,7 +45,7 @@ def test_renders_the_default_preview(workspace):
     assert any("224×224" in c.value for c in at.caption)  # the default backbone's input size
 
 
-def test_changing_settings_updates_the_session_and_the_preview(workspace):
+def test_changing_settings_updates_the_session_and_the_preview(workspace, open_page):
     at = open_page()
     before = previews(at)
     at.slider(key="aug_rotation_range").set_value(0.0)
@@ -69,7 +73,7 @@ def test_changing_settings_updates_the_session_and_the_preview(workspace):
     assert at.slider(key="aug_rotation_range").value == 40.0
 
 
-def test_switching_augmentation_off_shows_the_originals(workspace):
+def test_switching_augmentation_off_shows_the_originals(workspace, open_page):
     at = open_page()
     at.toggle(key="aug_enabled").set_value(False).run()
     assert at.session_state["augment"]["enabled"] is False
@@ -79,7 +83,7 @@ def test_switching_augmentation_off_shows_the_originals(workspace):
         assert set(after) == {before}  # every sample is the photo exactly as the model sees it
 
 
-def test_new_samples_changes_the_seed_and_the_pictures(workspace):
+def test_new_samples_changes_the_seed_and_the_pictures(workspace, open_page):
     at = open_page()
     first = previews(at)
     at.button(key="aug_new_samples").click().run()
@@ -93,14 +97,14 @@ def test_new_samples_changes_the_seed_and_the_pictures(workspace):
     assert previews(at) == first
 
 
-def test_samples_count_and_model_size_follow_the_settings(workspace):
+def test_samples_count_and_model_size_follow_the_settings(workspace, open_page):
     at = open_page(backbone="vgg16")
     assert any("150×150" in c.value for c in at.caption)
     at.slider(key="aug_n").set_value(4).run()
     assert [len(a) for _, a in previews(at)] == [4, 4]
 
 
-def test_settings_json_download_and_upload(workspace):
+def test_settings_json_download_and_upload(workspace, open_page):
     at = open_page()
     assert at.get("download_button"), "no download button for the settings"
     wanted = {**AugmentConfig().to_dict(), "rotation_range": 10.0, "vertical_flip": True, "fill_mode": "reflect"}
@@ -120,7 +124,7 @@ def test_settings_json_download_and_upload(workspace):
     assert at.session_state["augment"] == wanted
 
 
-def test_uploaded_photo_is_previewed(workspace, tmp_path):
+def test_uploaded_photo_is_previewed(workspace, tmp_path, make_image, open_page):
     png = make_image(tmp_path / "mine.png", (30, 120, 200), size=(64, 48)).read_bytes()
     at = open_page()
     at.multiselect(key="aug_pick").set_value([])

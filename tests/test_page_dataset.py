@@ -5,9 +5,9 @@ import io
 import zipfile
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import DEMO, PROJECT_ROOT, make_dataset, make_image, open_app_page
 
 PAGE = "pages/1_dataset.py"
 DEMO_CLASSES = {"fish", "monuments", "renewable_energy", "tools"}
@@ -20,18 +20,22 @@ def counts_table(at: AppTest):
     return tables[0]
 
 
-def png_bytes(tmp_path: Path, name: str, color=(200, 30, 30), seed: int = 0) -> bytes:
-    return make_image(tmp_path / "src" / name, color, seed=seed).read_bytes()
+@pytest.fixture
+def png_bytes(make_image):
+    def png_bytes(tmp_path: Path, name: str, color=(200, 30, 30), seed: int = 0) -> bytes:
+        return make_image(tmp_path / "src" / name, color, seed=seed).read_bytes()
+
+    return png_bytes
 
 
 def errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
 
 
-def test_demo_is_the_default_on_an_empty_workspace(workspace):
+def test_demo_is_the_default_on_an_empty_workspace(workspace, demo_dataset, open_page):
     at = open_page()
-    assert Path(at.session_state["dataset"]) == DEMO
-    assert at.selectbox(key="ds_pick").value == str(DEMO)
+    assert Path(at.session_state["dataset"]) == demo_dataset
+    assert at.selectbox(key="ds_pick").value == str(demo_dataset)
     table = counts_table(at)
     assert set(table.index) == DEMO_CLASSES
     assert (table["total"] == table["train"] + table["val"]).all()
@@ -44,7 +48,7 @@ def test_demo_is_the_default_on_an_empty_workspace(workspace):
     assert not [t for t in at.text_input if t.key == "ds_new_class"]
 
 
-def test_switching_to_a_workspace_dataset(workspace):
+def test_switching_to_a_workspace_dataset(workspace, make_dataset, open_page):
     colours = make_dataset(workspace / "datasets" / "colours", per_class=5)
     at = open_page()
     pick = at.selectbox(key="ds_pick")
@@ -60,7 +64,7 @@ def test_switching_to_a_workspace_dataset(workspace):
     assert set(counts_table(at2).index) == {"red", "green", "blue"}
 
 
-def test_a_one_class_dataset_shows_an_error_not_an_exception(workspace):
+def test_a_one_class_dataset_shows_an_error_not_an_exception(workspace, make_dataset, open_page):
     single = make_dataset(workspace / "datasets" / "single", classes={"only": (10, 200, 10)}, per_class=3)
     at = open_page(single)
     assert any("at least 2 class folders" in e for e in errors(at)), errors(at)
@@ -72,7 +76,7 @@ def test_a_one_class_dataset_shows_an_error_not_an_exception(workspace):
     assert (single / "other").is_dir()
 
 
-def test_unusable_folders_are_explained(workspace, tmp_path):
+def test_unusable_folders_are_explained(workspace, tmp_path, make_dataset, open_page):
     outside = make_dataset(tmp_path / "elsewhere", per_class=3)
     at = open_page(outside)
     assert any("outside the folders" in e for e in errors(at)), errors(at)
@@ -82,7 +86,7 @@ def test_unusable_folders_are_explained(workspace, tmp_path):
     assert not gone.exists()
 
 
-def test_build_a_dataset_in_the_browser(workspace, tmp_path):
+def test_build_a_dataset_in_the_browser(workspace, tmp_path, open_page, png_bytes):
     at = open_page()
     at.text_input(key="ds_new_name").input("pets")
     at.button(key="ds_create").click().run()
@@ -126,7 +130,7 @@ def test_build_a_dataset_in_the_browser(workspace, tmp_path):
     assert set(table.index) == {"cats", "dogs"} and table["total"].tolist() == [3, 3]
 
 
-def test_import_a_zip(workspace, tmp_path):
+def test_import_a_zip(workspace, tmp_path, open_page, png_bytes):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for label, color in (("apples", (200, 30, 30)), ("limes", (30, 200, 30))):
@@ -150,7 +154,7 @@ def test_import_a_zip(workspace, tmp_path):
     assert any("already exists" in e for e in errors(at)), errors(at)
 
 
-def test_split_controls_change_the_split(workspace):
+def test_split_controls_change_the_split(workspace, make_dataset, open_page):
     colours = make_dataset(workspace / "datasets" / "colours", per_class=10)
     at = open_page(colours)
     assert counts_table(at)["val"].tolist() == [2, 2, 2]
@@ -161,7 +165,7 @@ def test_split_controls_change_the_split(workspace):
     assert table["val"].tolist() == [5, 5, 5] and table["test"].tolist() == [2, 2, 2]
 
 
-def test_split_layout_says_the_folders_decide(workspace):
+def test_split_layout_says_the_folders_decide(workspace, make_dataset, open_page):
     root = workspace / "datasets" / "presplit"
     make_dataset(root / "train", per_class=4)
     make_dataset(root / "validation", per_class=2)
@@ -172,11 +176,15 @@ def test_split_layout_says_the_folders_decide(workspace):
     assert counts_table(at)["val"].tolist() == [2, 2, 2]
 
 
-def open_page(dataset: Path | None = None):
-    return open_app_page(PAGE, timeout=120, **({"dataset": str(dataset)} if dataset is not None else {}))
+@pytest.fixture
+def open_page(open_app_page):
+    def open_page(dataset: Path | None = None):
+        return open_app_page(PAGE, timeout=120, **({"dataset": str(dataset)} if dataset is not None else {}))
+
+    return open_page
 
 
-def test_the_class_builder_counts_what_the_scan_will_see(tmp_path):
+def test_the_class_builder_counts_what_the_scan_will_see(tmp_path, make_dataset, make_image):
     import os
 
     from core.datasets import class_folders

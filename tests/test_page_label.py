@@ -7,9 +7,9 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import DEMO, PROJECT_ROOT, make_dataset, make_image, open_app_page
 from core import labeling
 from core.runs import get_run, process_alive
 from test_duplicates import scene
@@ -24,24 +24,28 @@ def ok(at: AppTest) -> AppTest:
     return at
 
 
-def with_pool(workspace: Path, n: int = 3) -> Path:
-    root = make_dataset(workspace / "datasets" / "colours", per_class=3).resolve()
-    for i in range(n):
-        make_image(root / "unlabelled" / f"new_{i}.png", (200, 200, 40), seed=70 + i)
-    return root
+@pytest.fixture
+def with_pool(make_dataset, make_image):
+    def with_pool(workspace: Path, n: int = 3) -> Path:
+        root = make_dataset(workspace / "datasets" / "colours", per_class=3).resolve()
+        for i in range(n):
+            make_image(root / "unlabelled" / f"new_{i}.png", (200, 200, 40), seed=70 + i)
+        return root
+
+    return with_pool
 
 
 def counts_line(at: AppTest) -> str:
     return next(m.value for m in at.markdown if "unlabelled**" in m.value)
 
 
-def test_empty_workspace_offers_an_editable_copy_of_the_demo(workspace):
+def test_empty_workspace_offers_an_editable_copy_of_the_demo(workspace, demo_dataset, open_page):
     at = open_page()
     assert "read-only" in at.info[0].value
     at.button(key="lbl_make_copy").click().run()
     ok(at)
     copy = Path(at.session_state["dataset"])
-    assert copy.parent == (workspace / "datasets").resolve() and labeling.origin_of(copy) == DEMO.resolve()
+    assert copy.parent == (workspace / "datasets").resolve() and labeling.origin_of(copy) == demo_dataset.resolve()
     assert "**0 unlabelled**" in counts_line(at) and "fish: **28**" in counts_line(at)
     assert at.button(key="lbl_undo").disabled
     # Every view renders on the copy (the data check scans it for duplicates and small pictures).
@@ -55,7 +59,7 @@ def test_empty_workspace_offers_an_editable_copy_of_the_demo(workspace):
     assert len(list((workspace / "datasets").iterdir())) == 1
 
 
-def test_assign_ticked_photos_then_undo(workspace):
+def test_assign_ticked_photos_then_undo(workspace, open_page, with_pool):
     root = with_pool(workspace)
     at = open_page(root)
     assert "**3 unlabelled**" in counts_line(at)
@@ -87,7 +91,7 @@ def test_assign_ticked_photos_then_undo(workspace):
     assert "yellow: **1**" in counts_line(at)
 
 
-def test_one_at_a_time_keys_skip_and_delete(workspace):
+def test_one_at_a_time_keys_skip_and_delete(workspace, open_page, with_pool):
     root = with_pool(workspace)
     at = open_page(root)
     at.radio(key="lbl_view").set_value("focus").run()
@@ -113,7 +117,7 @@ def test_one_at_a_time_keys_skip_and_delete(workspace):
     assert (root / "unlabelled" / "new_2.png").exists() and labeling.trash_items(root) == []
 
 
-def test_data_check_finds_a_copy_under_another_class_and_fixes_it(workspace):
+def test_data_check_finds_a_copy_under_another_class_and_fixes_it(workspace, open_page):
     root = (workspace / "datasets" / "scenes").resolve()
     for c, cls in enumerate(("red", "blue")):
         for i in range(4):
@@ -141,9 +145,9 @@ def test_data_check_finds_a_copy_under_another_class_and_fixes_it(workspace):
     assert {m.label: m.value for m in at.metric}["Unlabelled copies"] == "0"
 
 
-def test_suggestions_sort_and_accept_all(workspace, demo_run):
+def test_suggestions_sort_and_accept_all(workspace, demo_run, demo_dataset, open_page):
     shutil.copytree(demo_run, workspace / "runs" / demo_run.name)
-    copy = labeling.make_editable_copy(DEMO, "demo")
+    copy = labeling.make_editable_copy(demo_dataset, "demo")
     (copy / "unlabelled").mkdir()
     for cls in ("fish", "tools"):
         for src in sorted((copy / cls).iterdir())[:2]:
@@ -195,10 +199,10 @@ def fix_script(dataset: str, image: str, classes: list[str]) -> None:
     fix_controls(Path(dataset), Path(image), classes, key="fix0")
 
 
-def test_fix_controls_copy_the_demo_then_move_and_delete_in_the_copy(workspace):
-    image = sorted((DEMO / "fish").iterdir())[0]
+def test_fix_controls_copy_the_demo_then_move_and_delete_in_the_copy(workspace, demo_dataset):
+    image = sorted((demo_dataset / "fish").iterdir())[0]
     classes = ["fish", "monuments", "renewable_energy", "tools"]
-    at = AppTest.from_function(fix_script, default_timeout=60, args=(str(DEMO), str(image), classes))
+    at = AppTest.from_function(fix_script, default_timeout=60, args=(str(demo_dataset), str(image), classes))
     at.run()
     ok(at)
     # The demo is read-only: the only widget offers a copy.
@@ -206,7 +210,7 @@ def test_fix_controls_copy_the_demo_then_move_and_delete_in_the_copy(workspace):
     at.button(key="fix0_copy").click().run()
     ok(at)
     [copy] = list((workspace / "datasets").iterdir())
-    assert Path(at.session_state["dataset"]) == copy and labeling.working_copy(DEMO) == copy.resolve()
+    assert Path(at.session_state["dataset"]) == copy and labeling.working_copy(demo_dataset) == copy.resolve()
     assert at.selectbox(key="fix0_class").value == "fish" and at.button(key="fix0_move").disabled
     at.selectbox(key="fix0_class").set_value("tools").run()
     at.button(key="fix0_move").click().run()
@@ -216,12 +220,16 @@ def test_fix_controls_copy_the_demo_then_move_and_delete_in_the_copy(workspace):
     assert any("Now filed under **tools**" in c.value for c in at.caption)  # found again through the journal
     at.button(key="fix0_delete").click().run()
     ok(at)
-    assert labeling.in_trash(copy, labeling.counterpart(DEMO, image, copy))
+    assert labeling.in_trash(copy, labeling.counterpart(demo_dataset, image, copy))
     assert any("Deleted" in c.value for c in at.caption)
     labeling.undo(copy)
     at.run()
     assert at.button(key="fix0_move").disabled  # back in tools, where the selector points
 
 
-def open_page(dataset: Path | None = None):
-    return open_app_page(PAGE, timeout=120, **({"dataset": str(dataset)} if dataset is not None else {}))
+@pytest.fixture
+def open_page(open_app_page):
+    def open_page(dataset: Path | None = None):
+        return open_app_page(PAGE, timeout=120, **({"dataset": str(dataset)} if dataset is not None else {}))
+
+    return open_page

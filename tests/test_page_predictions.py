@@ -12,14 +12,17 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import DEMO, PROJECT_ROOT, open_app_page
 from core.evaluate import frame_confusion
 from core.runs import Run
 from ui.prediction_views import ALL, cell_from_selection, clickable_confusion, filter_predictions
 
 
-def predictions_page(**state) -> AppTest:
-    return open_app_page("pages/5_predictions.py", **state)
+@pytest.fixture
+def predictions_page(open_app_page):
+    def predictions_page(**state) -> AppTest:
+        return open_app_page("pages/5_predictions.py", **state)
+
+    return predictions_page
 
 
 def n_images(at: AppTest) -> int:
@@ -37,14 +40,14 @@ def demo_ws(demo_run, monkeypatch) -> Path:
     return demo_run
 
 
-def test_empty_workspace_explains_to_train_first(workspace):
+def test_empty_workspace_explains_to_train_first(workspace, predictions_page):
     at = predictions_page()
     assert any("No finished training" in i.value for i in at.info)
     assert at.get("page_link")
     assert not at.get("plotly_chart")
 
 
-def test_demo_run_shows_summary_confusion_and_grid(demo_ws):
+def test_demo_run_shows_summary_confusion_and_grid(demo_ws, predictions_page):
     frame = pd.read_csv(demo_ws / "predictions.csv")
     at = predictions_page()
     assert at.selectbox(key="pred_run").value == demo_ws.name
@@ -71,7 +74,7 @@ def test_demo_run_shows_summary_confusion_and_grid(demo_ws):
         assert any("No photo matches" in i.value for i in at.info)
 
 
-def test_choosing_a_confusion_cell_filters_the_grid(demo_ws):
+def test_choosing_a_confusion_cell_filters_the_grid(demo_ws, predictions_page):
     frame = pd.read_csv(demo_ws / "predictions.csv")
     val = frame[frame["split"] == "val"]
     cls = val["label"].value_counts().index[0]
@@ -121,7 +124,7 @@ def test_filters_and_confusion_from_predictions(tmp_path):
     assert filter_predictions(frame, "test", said=ALL)["path"].tolist() == ["d"]
 
 
-def test_moved_files_and_test_split_do_not_break_the_page(run_copy):
+def test_moved_files_and_test_split_do_not_break_the_page(run_copy, predictions_page):
     """Images relabelled or deleted since training show as "file moved"; a run with test photos gets a selector."""
     frame = pd.read_csv(run_copy / "predictions.csv")
     val_rows = frame.index[frame["split"] == "val"]
@@ -136,10 +139,10 @@ def test_moved_files_and_test_split_do_not_break_the_page(run_copy):
     assert n_images(at) == 3
 
 
-def test_uploaded_photos_and_zip_are_predicted(demo_ws):
+def test_uploaded_photos_and_zip_are_predicted(demo_ws, demo_dataset, predictions_page):
     classes = (demo_ws / "labels.json").read_text()
-    fish = sorted((DEMO / "fish").glob("*.jpg"))[:2]
-    tool = sorted((DEMO / "tools").glob("*.jpg"))[0]
+    fish = sorted((demo_dataset / "fish").glob("*.jpg"))[:2]
+    tool = sorted((demo_dataset / "tools").glob("*.jpg"))[0]
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
         for path in fish:
@@ -164,7 +167,7 @@ def test_uploaded_photos_and_zip_are_predicted(demo_ws):
     assert at.get("download_button")
 
 
-def test_tflite_is_offered_only_when_it_matches_the_model(run_copy):
+def test_tflite_is_offered_only_when_it_matches_the_model(run_copy, predictions_page):
     """A model.tflite older than model.keras (the run was retrained) is not offered; a current one is.
     (The conversion itself is tested in test_training.py: 30+ s, too slow to repeat here.)"""
     import os
@@ -182,7 +185,7 @@ def test_tflite_is_offered_only_when_it_matches_the_model(run_copy):
     assert "pred_dl_tflite" in {b.key for b in at.get("download_button")}
 
 
-def test_fix_a_photo_from_a_confusion_cell_then_retrain(run_copy, demo_run):
+def test_fix_a_photo_from_a_confusion_cell_then_retrain(run_copy, demo_run, demo_dataset, predictions_page):
     """Issue 4.3: a confusion cell's photo is relabelled right in the grid, then Retrain reuses cached features."""
     import json
     import time
@@ -207,7 +210,7 @@ def test_fix_a_photo_from_a_confusion_cell_then_retrain(run_copy, demo_run):
     assert not at.exception
     copies = [p for p in (ws / "datasets").iterdir() if p.is_dir()]
     assert len(copies) == 1
-    assert len(list((copies[0] / other).glob("*"))) == len(list((DEMO / other).glob("*"))) + 1
+    assert len(list((copies[0] / other).glob("*"))) == len(list((demo_dataset / other).glob("*"))) + 1
 
     at.button(key="pred_retrain").click().run()
     assert not at.exception

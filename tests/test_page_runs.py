@@ -6,24 +6,26 @@ import base64
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_ROOT
 from core.runs import process_start_time
 
 
-def runs_page() -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)
-    at.run()
-    at.switch_page("pages/6_runs.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+@pytest.fixture
+def runs_page(project_root):
+    def runs_page() -> AppTest:
+        at = AppTest.from_file(str(project_root / "app.py"), default_timeout=180)
+        at.run()
+        at.switch_page("pages/6_runs.py")
+        at.run()
+        assert not at.exception, at.exception
+        return at
+
+    return runs_page
 
 
 def select_rows(at: AppTest, *rows: int) -> AppTest:
@@ -41,14 +43,14 @@ def array(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def test_empty_workspace_says_no_runs_yet(workspace):
+def test_empty_workspace_says_no_runs_yet(workspace, runs_page):
     at = runs_page()
     assert any("No runs yet" in i.value for i in at.info)
     assert at.get("page_link")
     assert not at.dataframe
 
 
-def test_table_lists_the_run_and_selection_overlays_its_curves(demo_run, monkeypatch):
+def test_table_lists_the_run_and_selection_overlays_its_curves(demo_run, monkeypatch, runs_page):
     monkeypatch.setenv("FEWSHOT_WORKSPACE", str(demo_run.parent.parent))
     at = runs_page()
     table = at.dataframe(key="runs_table").value
@@ -69,7 +71,7 @@ def test_table_lists_the_run_and_selection_overlays_its_curves(demo_run, monkeyp
     assert at.get("json")  # the config in its expander
 
 
-def test_ticked_runs_stay_ticked_when_a_new_run_shifts_the_rows(run_copy):
+def test_ticked_runs_stay_ticked_when_a_new_run_shifts_the_rows(run_copy, runs_page):
     older = run_copy.parent / "20000101-000000-bottleneck-0000"
     shutil.copytree(run_copy, older)
     at = select_rows(runs_page(), 1)
@@ -83,7 +85,7 @@ def test_ticked_runs_stay_ticked_when_a_new_run_shifts_the_rows(run_copy):
     assert [b.key for b in at.button if b.key.startswith("runs_show_")] == [f"runs_show_{older.name}"]
 
 
-def test_show_predictions_opens_that_run(run_copy):
+def test_show_predictions_opens_that_run(run_copy, runs_page):
     other = run_copy.parent / "20000101-000000-bottleneck-0000"  # an older run: not the default on Predictions
     shutil.copytree(run_copy, other)
     at = runs_page()
@@ -95,7 +97,7 @@ def test_show_predictions_opens_that_run(run_copy):
     assert at.selectbox(key="pred_run").value == other.name
 
 
-def test_delete_asks_first_then_removes_the_copy(run_copy):
+def test_delete_asks_first_then_removes_the_copy(run_copy, runs_page):
     at = select_rows(runs_page(), 0)
     at.button(key=f"runs_delete_{run_copy.name}").click().run()
     assert any("for good" in w.value for w in at.warning)
@@ -111,7 +113,7 @@ def test_delete_asks_first_then_removes_the_copy(run_copy):
     assert any("No runs yet" in i.value for i in at.info)
 
 
-def test_a_running_run_is_not_deleted(run_copy):
+def test_a_running_run_is_not_deleted(run_copy, runs_page):
     status = json.loads((run_copy / "status.json").read_text())
     # This test process stands in for the training process: alive, so the run really is "running".
     status.update(state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()), finished_at=None)
@@ -124,7 +126,7 @@ def test_a_running_run_is_not_deleted(run_copy):
     assert any("still running" in e.value for e in at.error)
 
 
-def test_a_retrain_is_shown_before_and_after(run_copy):
+def test_a_retrain_is_shown_before_and_after(run_copy, runs_page):
     """Issue 4.3: after "Retrain with my fixes", the Runs page compares the retrain with the run it fixed."""
     after = run_copy.parent / "29990101-000000-bottleneck-ffff"  # newer than the source
     shutil.copytree(run_copy, after)

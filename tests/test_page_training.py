@@ -3,28 +3,32 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_ROOT
 from core.runs import list_runs
 
 
-def training_page() -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)
-    at.run()
-    at.switch_page("pages/4_training.py")
-    at.run()
-    return at
+@pytest.fixture
+def training_page(project_root):
+    def training_page() -> AppTest:
+        at = AppTest.from_file(str(project_root / "app.py"), default_timeout=180)
+        at.run()
+        at.switch_page("pages/4_training.py")
+        at.run()
+        return at
+
+    return training_page
 
 
-def test_renders_on_an_empty_workspace(workspace):
+def test_renders_on_an_empty_workspace(workspace, training_page):
     at = training_page()
     assert not at.exception
     assert at.button(key="train_start")
     assert [r.value for r in at.radio] == ["bottleneck"]
 
 
-def test_training_started_from_the_page_finishes_and_shows_results(workspace):
+def test_training_started_from_the_page_finishes_and_shows_results(workspace, training_page):
     at = training_page()
     at.number_input(key="train_epochs").set_value(5)
     at.button(key="train_start").click()

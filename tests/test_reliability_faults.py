@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_ROOT, make_dataset, open_app_page, wait_for
 from core import fsutil
 from core.config import TrainConfig
 from core.runs import ACTIVE_STATES, create_run, list_runs, start_run_process
@@ -58,8 +57,12 @@ def finished(run) -> dict | None:
     return status if status.state not in ACTIVE_STATES else None
 
 
-def training_page(dataset: Path | None = None) -> AppTest:
-    return open_app_page("pages/4_training.py", **({"dataset": str(dataset)} if dataset is not None else {}))
+@pytest.fixture
+def training_page(open_app_page):
+    def training_page(dataset: Path | None = None) -> AppTest:
+        return open_app_page("pages/4_training.py", **({"dataset": str(dataset)} if dataset is not None else {}))
+
+    return training_page
 
 
 def headers(at: AppTest) -> str:
@@ -69,7 +72,7 @@ def headers(at: AppTest) -> str:
 # ---------------------------------------------------------------------------------------------- 4. faults
 
 
-def test_kill_9_during_a_run_leaves_dataset_cache_and_earlier_runs_intact(workspace):
+def test_kill_9_during_a_run_leaves_dataset_cache_and_earlier_runs_intact(workspace, make_dataset, wait_for):
     from core.engine import execute_run
     from core.export import load_model, predict_files
 
@@ -105,7 +108,7 @@ def test_kill_9_during_a_run_leaves_dataset_cache_and_earlier_runs_intact(worksp
     assert_cache_sound(workspace)
 
 
-def test_training_page_reattaches_to_a_run_after_a_server_restart(workspace, tiny_dataset):
+def test_training_page_reattaches_to_a_run_after_a_server_restart(workspace, tiny_dataset, wait_for, training_page):
     run = create_run(TrainConfig(data=str(tiny_dataset), mode="scratch", epochs=500, batch_size=4,
                                  early_stopping=False))
     start_run_process(run)
@@ -266,7 +269,7 @@ def test_cache_readers_never_see_a_torn_entry_while_writers_replace_it(tmp_path)
 # ---------------------------------------------------------------------------------------------- 5. concurrency
 
 
-def test_two_sessions_start_training_at_once_both_finish_with_one_shared_cache(workspace):
+def test_two_sessions_start_training_at_once_both_finish_with_one_shared_cache(workspace, make_dataset, training_page):
     data = make_dataset(workspace / "datasets" / "shared", per_class=6)
     sessions = [training_page(data), training_page(data)]
     for at in sessions:
@@ -293,7 +296,7 @@ def test_two_sessions_start_training_at_once_both_finish_with_one_shared_cache(w
         assert not at.exception and f"Finished: {at.session_state['watch_run']}" in headers(at)
 
 
-def test_relabelling_while_a_run_reads_the_dataset_never_crashes_it(workspace):
+def test_relabelling_while_a_run_reads_the_dataset_never_crashes_it(workspace, make_dataset, wait_for):
     data = make_dataset(workspace / "datasets" / "moving", per_class=10)
     contents_before = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in data.rglob("*.png"))
     run = create_run(TrainConfig(data=str(data), mode="bottleneck", epochs=5))

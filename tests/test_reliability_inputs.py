@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PROJECT_ROOT, make_dataset, make_image
 from core import images
 from core.datasets import (MAX_ZIP_MEMBERS, DatasetError, dataset_warnings, safe_extract_zip, safe_name,
                            scan_dataset, validate_class_name)
@@ -71,7 +70,7 @@ def bomb_png(tmp_path_factory) -> Path:
     return write_raw_png(path, 20_000, 20_000, 1, 0, (row for _ in range(20_000)))
 
 
-def test_decompression_bomb_is_refused_with_a_reason_everywhere(bomb_png, tmp_path):
+def test_decompression_bomb_is_refused_with_a_reason_everywhere(bomb_png, tmp_path, make_dataset):
     reason = images.check_image(bomb_png)
     assert reason and ("too large" in reason or "decompression bomb" in reason), reason
     with pytest.raises(images.ImageError):
@@ -90,7 +89,6 @@ def test_decompression_bomb_is_refused_with_a_reason_everywhere(bomb_png, tmp_pa
 
 _PEAK_MEMORY_PROBE = r"""
 import json, sys, time
-sys.path.insert(0, sys.argv[1])
 from core import images
 
 def rss_kb(field):
@@ -98,14 +96,14 @@ def rss_kb(field):
         if line.startswith(field):
             return int(line.split()[1])
 
-images.load_resized(sys.argv[3], 224)            # warm up TensorFlow's resize on a small image
+images.load_resized(sys.argv[2], 224)            # warm up TensorFlow's resize on a small image
 open("/proc/self/clear_refs", "w").write("5")   # reset the peak (VmHWM) to the current RSS
 before = rss_kb("VmRSS:")
 start = time.perf_counter()
-reduced = images.open_image(sys.argv[2], max_side=448).size
-model_view = images.load_resized(sys.argv[2], 224)
-thumb = images.thumbnail(sys.argv[2], 160).size
-reason = images.check_image(sys.argv[2])
+reduced = images.open_image(sys.argv[1], max_side=448).size
+model_view = images.load_resized(sys.argv[1], 224)
+thumb = images.thumbnail(sys.argv[1], 160).size
+reason = images.check_image(sys.argv[1])
 print(json.dumps({"growth_mb": (rss_kb("VmHWM:") - before) / 1024, "reduced": reduced, "thumb": thumb,
                   "shape": list(model_view.shape), "left": model_view[112, 20].tolist(),
                   "right": model_view[112, 200].tolist(), "reason": reason,
@@ -113,14 +111,14 @@ print(json.dumps({"growth_mb": (rss_kb("VmHWM:") - before) / 1024, "reduced": re
 """
 
 
-def test_10000_pixel_jpeg_decodes_at_reduced_size_with_bounded_memory(tmp_path):
+def test_10000_pixel_jpeg_decodes_at_reduced_size_with_bounded_memory(tmp_path, project_root, make_image):
     big = tmp_path / "huge photo.jpg"
     image = Image.new("RGB", (10_000, 10_000), (220, 30, 30))
     image.paste((30, 30, 220), (5_000, 0, 10_000, 10_000))  # left red, right blue
     image.save(big, "JPEG", quality=80)
     del image
     small = make_image(tmp_path / "small.jpg")
-    probe = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_PROBE, str(PROJECT_ROOT), str(big), str(small)],
+    probe = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_PROBE, str(big), str(small)], cwd=project_root,
                            capture_output=True, text=True, timeout=300,
                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert probe.returncode == 0, probe.stderr[-3000:]
@@ -196,7 +194,7 @@ def test_exif_rotation_applies_to_the_model_view_and_thumbnails_and_bad_exif_is_
         assert images.load_rgb(odd).shape[2] == 3
 
 
-def test_text_and_html_in_image_clothing_and_wrong_extensions(tmp_path):
+def test_text_and_html_in_image_clothing_and_wrong_extensions(tmp_path, make_dataset):
     root = make_dataset(tmp_path / "ds", per_class=2)
     red = root / "red"
     (red / "page.png").write_text("<!doctype html><html><body>hi</body></html>")
@@ -215,7 +213,8 @@ SHELLISH_NAMES = ["my cat (1).jpg", "café ☕.png", "$(touch pwned); `id`.png",
                   "日本語.jpeg", "tab\there.png", "new\nline.png", "100% sure & <b>bold.png", "#hash?.png"]
 
 
-def test_names_with_spaces_unicode_and_shell_characters_are_just_names(tmp_path):
+def test_names_with_spaces_unicode_and_shell_characters_are_just_names(tmp_path, project_root, make_dataset,
+                                                                        make_image):
     from core.features import image_dataset
 
     root = tmp_path / "ds"
@@ -229,10 +228,10 @@ def test_names_with_spaces_unicode_and_shell_characters_are_just_names(tmp_path)
     # The training input pipeline (tf.data, paths as tensors) reads every one of them.
     flags = np.concatenate([ok.numpy() for _, ok in image_dataset([it.path for it in ds.items], 32, 8)])
     assert flags.all()
-    assert not list(tmp_path.rglob("pwned")) and not (PROJECT_ROOT / "pwned").exists()
+    assert not list(tmp_path.rglob("pwned")) and not (project_root / "pwned").exists()
 
 
-def test_file_names_that_are_not_utf8_are_skipped_not_fatal(tmp_path):
+def test_file_names_that_are_not_utf8_are_skipped_not_fatal(tmp_path, make_dataset):
     root = make_dataset(tmp_path / "ds", per_class=2)
     raw = os.fsencode(root / "red") + b"/caf\xe9-latin1.png"
     with open(raw, "wb") as fh:
@@ -247,7 +246,7 @@ def test_file_names_that_are_not_utf8_are_skipped_not_fatal(tmp_path):
     json.dumps(ds.summary(), ensure_ascii=False).encode("utf-8")
 
 
-def test_uploaded_file_names_are_sanitised_and_stay_in_their_class_folder(workspace):
+def test_uploaded_file_names_are_sanitised_and_stay_in_their_class_folder(workspace, make_image):
     dataset = create_dataset("uploads")
     png = png_bytes()
     hostile = ["../../escape.png", "/etc/passwd.png", "..\\..\\win.png", "C:\\Windows\\evil.png", "nul\x00byte.png",
@@ -291,7 +290,7 @@ def test_class_names_that_are_not_folder_names_are_refused_with_a_message(worksp
         assert create_class(dataset, good).name == validate_class_name(good)
 
 
-def test_symlinks_in_a_picked_folder_are_not_followed(tmp_path):
+def test_symlinks_in_a_picked_folder_are_not_followed(tmp_path, make_dataset):
     outside = make_dataset(tmp_path / "outside", {"secret": (1, 2, 3)}, per_class=2)
     root = make_dataset(tmp_path / "ds", per_class=2)
     (root / "red" / "passwd.png").symlink_to("/etc/passwd")
@@ -446,7 +445,7 @@ def test_zip_imports_without_images_are_refused_and_leave_nothing(workspace, tmp
 # ---------------------------------------------------------------------------------------------- 3. degenerate
 
 
-def test_one_class_and_mismatched_splits_are_explained(tmp_path):
+def test_one_class_and_mismatched_splits_are_explained(tmp_path, make_dataset):
     make_dataset(tmp_path / "split1" / "train", {"cats": (1, 2, 3)}, per_class=2)
     make_dataset(tmp_path / "split1" / "validation", {"cats": (1, 2, 3)}, per_class=1)
     with pytest.raises(DatasetError, match="at least 2 class"):
@@ -463,7 +462,7 @@ def test_one_class_and_mismatched_splits_are_explained(tmp_path):
         scan_dataset(tmp_path / "t")
 
 
-def test_a_class_with_one_image_trains_on_it_and_says_it_cannot_be_validated(tmp_path):
+def test_a_class_with_one_image_trains_on_it_and_says_it_cannot_be_validated(tmp_path, make_dataset):
     root = make_dataset(tmp_path / "ds", per_class=5)
     for extra in list((root / "blue").iterdir())[1:]:
         extra.unlink()
@@ -497,7 +496,7 @@ def test_five_thousand_tiny_images_scan_and_split(tmp_path):
     assert len({it.path for it in ds.items}) == 5000
 
 
-def test_one_hundred_classes_train_a_bottleneck_run(workspace, tmp_path):
+def test_one_hundred_classes_train_a_bottleneck_run(workspace, tmp_path, make_image):
     from core.config import TrainConfig
     from core.engine import execute_run
     from core.runs import create_run

@@ -12,9 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import PROJECT_ROOT, wait_for
 from core.config import TrainConfig
-from core.runs import create_run, get_run, list_runs, runs_table, start_run_process
+from core.runs import create_run, list_runs, runs_table, start_run_process
 
 
 def _long_run(data: Path, **settings):
@@ -25,7 +24,7 @@ def _long_run(data: Path, **settings):
     return run
 
 
-def test_stop_request_ends_a_run_as_stopped_keeping_the_best_model(workspace, tiny_dataset):
+def test_stop_request_ends_a_run_as_stopped_keeping_the_best_model(workspace, tiny_dataset, wait_for):
     run = _long_run(tiny_dataset)
     wait_for(lambda: len(run.history()) >= 2)
     assert run.status().state == "running"
@@ -35,7 +34,7 @@ def test_stop_request_ends_a_run_as_stopped_keeping_the_best_model(workspace, ti
     assert run.has_model() and run.metrics()["epochs_run"] < 500
 
 
-def test_killed_process_leaves_the_run_failed_and_no_model(workspace, tiny_dataset):
+def test_killed_process_leaves_the_run_failed_and_no_model(workspace, tiny_dataset, wait_for):
     run = _long_run(tiny_dataset)
     wait_for(lambda: len(run.history()) >= 1)
     os.kill(run.status().pid, signal.SIGKILL)
@@ -47,7 +46,7 @@ def test_killed_process_leaves_the_run_failed_and_no_model(workspace, tiny_datas
     assert table.loc[table["run"] == run.id, "status"].item() == "failed"
 
 
-def test_second_run_waits_in_a_visible_queue(workspace, tiny_dataset):
+def test_second_run_waits_in_a_visible_queue(workspace, tiny_dataset, wait_for):
     first = _long_run(tiny_dataset)
     wait_for(lambda: first.status().state == "running")
     second = create_run(TrainConfig(data=str(tiny_dataset), mode="bottleneck", epochs=2))
@@ -59,7 +58,7 @@ def test_second_run_waits_in_a_visible_queue(workspace, tiny_dataset):
     assert [r.id for r in list_runs()] == sorted([first.id, second.id], reverse=True)
 
 
-def test_history_is_readable_while_written(workspace, tiny_dataset):
+def test_history_is_readable_while_written(workspace, tiny_dataset, wait_for):
     run = _long_run(tiny_dataset)
     try:
         for _ in range(20):
@@ -74,13 +73,17 @@ def test_history_is_readable_while_written(workspace, tiny_dataset):
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def cli(*args: str, env_ws: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FEWSHOT_WORKSPACE=str(env_ws), TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, cwd=PROJECT_ROOT,
-                          env=env, timeout=600)
+@pytest.fixture
+def cli(project_root):
+    def cli(*args: str, env_ws: Path) -> subprocess.CompletedProcess:
+        env = dict(os.environ, FEWSHOT_WORKSPACE=str(env_ws), TF_CPP_MIN_LOG_LEVEL="3")
+        return subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, cwd=project_root,
+                              env=env, timeout=600)
+
+    return cli
 
 
-def test_cli_train_predict_evaluate(workspace, tiny_dataset, tmp_path):
+def test_cli_train_predict_evaluate(workspace, tiny_dataset, tmp_path, cli):
     out = tmp_path / "cli-run"
     result = cli("train", str(tiny_dataset), "--mode", "bottleneck", "--epochs", "5", "--test-split", "0.25",
                  "--out", str(out), env_ws=workspace)
@@ -112,7 +115,7 @@ def test_cli_train_predict_evaluate(workspace, tiny_dataset, tmp_path):
     (["train", "{data}", "--epochs", "0", "--out", "X"], "epochs"),
     (["predict", "/no/run", "a.jpg"], "not a run folder"),
 ])
-def test_cli_bad_input_exits_nonzero_with_one_readable_line(workspace, tiny_dataset, tmp_path, args, message):
+def test_cli_bad_input_exits_nonzero_with_one_readable_line(workspace, tiny_dataset, tmp_path, args, message, cli):
     args = [a.replace("{data}", str(tiny_dataset)).replace("X", str(tmp_path / "r")) for a in args]
     result = cli(*args, env_ws=workspace)
     assert result.returncode != 0

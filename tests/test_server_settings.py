@@ -17,34 +17,36 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import DEMO, PROJECT_ROOT, make_dataset
 from core.datasets.importing import list_datasets
 from core.workspace import PathError, allowed_roots, datasets_dir, ensure_allowed
 
-CONFIG = PROJECT_ROOT / ".streamlit" / "config.toml"
+
+@pytest.fixture
+def config_toml(project_root) -> Path:
+    return project_root / ".streamlit" / "config.toml"
 
 
 # ---------------------------------------------------------------------------------------------- config
 
 
-def test_config_file_sets_the_safety_options():
-    server = tomllib.loads(CONFIG.read_text())["server"]
+def test_config_file_sets_the_safety_options(config_toml):
+    server = tomllib.loads(config_toml.read_text())["server"]
     assert isinstance(server["maxUploadSize"], int) and 1 <= server["maxUploadSize"] <= 1000
     assert server["enableXsrfProtection"] is True
     assert server["enableStaticServing"] is False
-    client = tomllib.loads(CONFIG.read_text())["client"]
+    client = tomllib.loads(config_toml.read_text())["client"]
     assert client["showErrorDetails"] is False  # no tracebacks in the browser, whatever fails
-    assert tomllib.loads(CONFIG.read_text())["browser"]["gatherUsageStats"] is False
+    assert tomllib.loads(config_toml.read_text())["browser"]["gatherUsageStats"] is False
 
 
-def test_streamlit_reads_the_options_as_written():
+def test_streamlit_reads_the_options_as_written(project_root, config_toml):
     """The file is parsed by Streamlit itself (a typo or a wrong section would silently fall back to defaults)."""
     code = ("import streamlit.config as c; c.get_config_options(force_reparse=True); "
             "print(c.get_option('server.maxUploadSize'), c.get_option('server.enableXsrfProtection'), "
             "c.get_option('server.enableStaticServing'), c.get_option('client.showErrorDetails'))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=project_root, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
-    expected = tomllib.loads(CONFIG.read_text())["server"]["maxUploadSize"]
+    expected = tomllib.loads(config_toml.read_text())["server"]["maxUploadSize"]
     assert out.stdout.split()[-4:] == [str(expected), "True", "False", "False"]
 
 
@@ -70,7 +72,7 @@ def request(port: int, method: str, path: str, headers: dict | None = None, body
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, project_root):
     """`streamlit run app.py` on a free localhost port with a private workspace; stopped at the end."""
     ws = tmp_path_factory.mktemp("server_ws")
     secret = ws / "datasets" / "mine" / "cats" / "notes.txt"
@@ -81,7 +83,7 @@ def server(tmp_path_factory):
     env = dict(os.environ, FEWSHOT_WORKSPACE=str(ws), TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=project_root, env=env, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     try:
         deadline = time.time() + 90
@@ -128,11 +130,11 @@ PROJECT_FILES = ["app.py", "core/runs.py", ".streamlit/config.toml", "data/demo/
                  "README.md", "requirements.txt"]
 
 
-def test_project_and_workspace_files_are_not_served(server):
+def test_project_and_workspace_files_are_not_served(server, project_root):
     port, ws = server
     probes = []
     for rel in PROJECT_FILES:
-        text = (PROJECT_ROOT / rel).read_text().strip()
+        text = (project_root / rel).read_text().strip()
         marker = next(line for line in text.splitlines() if len(line.strip()) > 12).strip().encode()
         for prefix in ("/", "/app/static/", "/static/", "/media/", "/app/static/../", "/component/"):
             probes.append((prefix + rel, marker))
@@ -178,25 +180,26 @@ def test_uploads_need_the_xsrf_token(server):
 # ---------------------------------------------------------------------------------------------- allowed roots
 
 
-def test_ensure_allowed_accepts_only_the_workspace_datasets_and_the_demo(workspace, tmp_path):
+def test_ensure_allowed_accepts_only_the_workspace_datasets_and_the_demo(workspace, tmp_path, demo_dataset,
+                                                                          make_dataset):
     mine = make_dataset(datasets_dir() / "mine", per_class=1)
     assert ensure_allowed(mine) == mine.resolve()
-    assert ensure_allowed(DEMO) == DEMO.resolve()
-    assert ensure_allowed(DEMO / "fish") == (DEMO / "fish").resolve()
-    assert allowed_roots() == [datasets_dir(), DEMO.resolve()]
+    assert ensure_allowed(demo_dataset) == demo_dataset.resolve()
+    assert ensure_allowed(demo_dataset / "fish") == (demo_dataset / "fish").resolve()
+    assert allowed_roots() == [datasets_dir(), demo_dataset.resolve()]
     outside = make_dataset(tmp_path / "outside", per_class=1)
     (datasets_dir() / "link_out").symlink_to(outside, target_is_directory=True)
     (mine / "red" / "escape").symlink_to("/etc", target_is_directory=True)
     refused = ["/etc", "/", Path.home(), tmp_path, outside, workspace, workspace / "runs",
                datasets_dir() / "link_out", datasets_dir() / "link_out" / "red", mine / "red" / "escape",
-               f"{datasets_dir()}/../../..", f"{datasets_dir()}/mine/../../runs", f"{DEMO}/../../core",
-               f"{DEMO}/..", "~", f"{datasets_dir()}-evil", f"{DEMO}-copy", "relative/path"]
+               f"{datasets_dir()}/../../..", f"{datasets_dir()}/mine/../../runs", f"{demo_dataset}/../../core",
+               f"{demo_dataset}/..", "~", f"{datasets_dir()}-evil", f"{demo_dataset}-copy", "relative/path"]
     for path in refused:
         with pytest.raises(PathError, match="outside the folders"):
             ensure_allowed(path)
 
 
-def test_dataset_list_shows_only_real_folders_under_the_workspace(workspace, tmp_path):
+def test_dataset_list_shows_only_real_folders_under_the_workspace(workspace, tmp_path, make_dataset):
     make_dataset(datasets_dir() / "mine", per_class=1)
     (datasets_dir() / ".import-half").mkdir()
     (datasets_dir() / "stray.txt").write_text("x")
@@ -205,13 +208,17 @@ def test_dataset_list_shows_only_real_folders_under_the_workspace(workspace, tmp
     assert [p.name for p in list_datasets()] == ["mine"]
 
 
-def _app_on(page: str, dataset: str) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
-    at.session_state["dataset"] = dataset
-    at.run()
-    at.switch_page(page)
-    at.run()
-    return at
+@pytest.fixture
+def _app_on(project_root):
+    def _app_on(page: str, dataset: str) -> AppTest:
+        at = AppTest.from_file(str(project_root / "app.py"), default_timeout=120)
+        at.session_state["dataset"] = dataset
+        at.run()
+        at.switch_page(page)
+        at.run()
+        return at
+
+    return _app_on
 
 
 @pytest.fixture
@@ -229,7 +236,7 @@ def walked(monkeypatch) -> list[str]:
 
 
 @pytest.mark.parametrize("page", ["pages/1_dataset.py", "pages/3_augmentation.py", "pages/4_training.py"])
-def test_pages_refuse_a_dataset_path_outside_the_roots(workspace, walked, page):
+def test_pages_refuse_a_dataset_path_outside_the_roots(workspace, walked, page, _app_on):
     """Whatever put it in the session, a path outside the roots is neither listed nor read by any page."""
     at = _app_on(page, "/etc")
     assert not at.exception
@@ -238,7 +245,7 @@ def test_pages_refuse_a_dataset_path_outside_the_roots(workspace, walked, page):
     assert not [top for top in walked if top.startswith("/etc")], walked
 
 
-def test_label_page_does_not_copy_a_folder_outside_the_roots(workspace, walked):
+def test_label_page_does_not_copy_a_folder_outside_the_roots(workspace, walked, _app_on):
     at = _app_on("pages/2_label.py", "/etc")
     assert not at.exception
     at.button(key="lbl_make_copy").click()

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import PROJECT_ROOT, make_dataset, make_image
 from core.config import TrainConfig
 from core.engine import execute_run
 from core.features import FeatureCache, extract_features
@@ -42,7 +41,7 @@ def test_bottleneck_run_writes_its_folder_and_learns(workspace, tiny_dataset, tm
     assert json.loads((out / "labels.json").read_text()) == ["blue", "green", "red"]
 
 
-def test_cache_hit_extracts_nothing_and_new_content_only(workspace, tiny_dataset, tmp_path):
+def test_cache_hit_extracts_nothing_and_new_content_only(workspace, tiny_dataset, tmp_path, make_image):
     first, _ = _train(tiny_dataset, tmp_path / "a", mode="bottleneck", epochs=2)
     second, _ = _train(tiny_dataset, tmp_path / "b", mode="bottleneck", epochs=2)
     assert first["n_extracted"] == 24 and second["n_extracted"] == 0
@@ -91,7 +90,7 @@ def test_scratch_trains_the_small_convnet(workspace, tiny_dataset, tmp_path):
     assert len(pd.read_csv(out / "history.csv")) == 3
 
 
-def test_two_classes_use_a_sigmoid_and_export_two_columns(workspace, tmp_path):
+def test_two_classes_use_a_sigmoid_and_export_two_columns(workspace, tmp_path, make_dataset):
     data = make_dataset(tmp_path / "two", {"cats": (200, 120, 40), "dogs": (40, 90, 200)}, per_class=6)
     metrics, out = _train(data, tmp_path / "r", mode="bottleneck", epochs=5)
     from core.export import load_model, predict_files

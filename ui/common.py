@@ -95,11 +95,6 @@ def dataset_label(path: str | Path) -> str:
     return "built-in demo (gcompris)" if path.resolve() == DEMO_DATASET.resolve() else path.name
 
 
-def show_exception(prefix: str, exc: Exception) -> None:
-    """A readable message for an expected error; anything else too, with its type, never a raw traceback."""
-    st.error(f"{prefix}: {md(exc)}")
-
-
 def unsaved_uploads(files: list | None) -> list:
     """The uploaded files not saved yet in this session.
 

@@ -43,6 +43,3 @@ def augment_config() -> AugmentConfig:
     init_state()
     return AugmentConfig.from_dict(st.session_state["augment"])
 
-
-def set_augment_config(config: AugmentConfig) -> None:
-    st.session_state["augment"] = config.to_dict()
