@@ -16,8 +16,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import (DEMO, TUXPAINT, bench_parser, machine_line, make_tiny_dataset, print_section,
-                          run_worker, spread, table)
+from bench.common import (
+    DEMO,
+    TUXPAINT,
+    bench_parser,
+    machine_line,
+    make_tiny_dataset,
+    print_section,
+    run_worker,
+    spread,
+    table,
+)
 
 TRAIN_MODULE = "bench.train"  # its worker runs execute_run in a fresh process
 

@@ -33,8 +33,20 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import (bench_parser, default_datasets, image_files, machine_line, make_tiny_dataset,
-                          median, print_section, run_worker, serve_worker, spread, table, Timer)
+from bench.common import (
+    Timer,
+    bench_parser,
+    default_datasets,
+    image_files,
+    machine_line,
+    make_tiny_dataset,
+    median,
+    print_section,
+    run_worker,
+    serve_worker,
+    spread,
+    table,
+)
 
 MODULE = "bench.extract"  # workers run this module again in a fresh process
 DEFAULT_THREADS = {"FEWSHOT_INTRA_THREADS": "0", "FEWSHOT_INTER_THREADS": "0"}  # 0 = TensorFlow's default

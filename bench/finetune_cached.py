@@ -24,8 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import (DEMO, TUXPAINT, bench_parser, machine_line, make_tiny_dataset, print_section,
-                          run_worker, serve_worker, spread, table, Timer)
+from bench.common import (
+    DEMO,
+    TUXPAINT,
+    Timer,
+    bench_parser,
+    machine_line,
+    make_tiny_dataset,
+    print_section,
+    run_worker,
+    serve_worker,
+    spread,
+    table,
+)
 
 MODULE = "bench.finetune_cached"  # workers run this module again in a fresh process
 TRAIN_MODULE = "bench.train"
@@ -37,10 +48,10 @@ def worker(payload: dict) -> dict:
     from core.config import TrainConfig
     from core.datasets import scan_dataset
     from core.features import extract_features, image_dataset
-    from core.training.head import HeadFitConfig, fit_head
     from core.models import build_head, loss_for
     from core.tfenv import keras, tf
     from core.training.data import class_weights
+    from core.training.head import HeadFitConfig, fit_head
 
     cfg = TrainConfig(data=payload["data"], mode="finetune", seed=payload["seed"], **payload.get("config", {}))
     spec = get_backbone(cfg.backbone)

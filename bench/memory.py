@@ -17,9 +17,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (bench_parser, default_datasets, machine_line, make_scaled_dataset,
-                          make_tiny_dataset, peak_rss_mib, print_section, rss_mib, run_worker, serve_worker,
-                          spread, table)
+from bench.common import (
+    bench_parser,
+    default_datasets,
+    machine_line,
+    make_scaled_dataset,
+    make_tiny_dataset,
+    peak_rss_mib,
+    print_section,
+    rss_mib,
+    run_worker,
+    serve_worker,
+    spread,
+    table,
+)
 
 MODULE = "bench.memory"  # workers run this module again in a fresh process
 ENGINE_ENV = {"tflite": {"FEWSHOT_FAST_EXTRACT": "1"}, "keras": {"FEWSHOT_FAST_EXTRACT": "0"}}

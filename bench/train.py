@@ -28,8 +28,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (DEMO, IMAGE_SUFFIXES, bench_parser, default_datasets, machine_line,
-                          make_tiny_dataset, median, print_section, run_worker, serve_worker, spread, table)
+from bench.common import (
+    DEMO,
+    IMAGE_SUFFIXES,
+    bench_parser,
+    default_datasets,
+    machine_line,
+    make_tiny_dataset,
+    median,
+    print_section,
+    run_worker,
+    serve_worker,
+    spread,
+    table,
+)
 
 MODULE = "bench.train"  # workers run this module again in a fresh process
 PHASES = ("scanning", "extracting", "bottleneck", "scratch", "finetune", "evaluating", "saving")
@@ -39,10 +51,10 @@ PHASES = ("scanning", "extracting", "bottleneck", "scratch", "finetune", "evalua
 
 def worker(payload: dict) -> dict:
     started = time.perf_counter()
+    import core.training  # noqa: F401  (TensorFlow and the models: what the run process imports first)
     from core.config import TrainConfig
     from core.engine import execute_run
     from core.runs import create_run
-    import core.training  # noqa: F401  (TensorFlow and the models: what the run process imports first)
     imports = time.perf_counter() - started
 
     out = {"imports": imports, "jobs": []}

@@ -23,8 +23,18 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.common import (DEMO, PROJECT_ROOT, TUXPAINT, bench_parser, machine_line, make_tiny_dataset,
-                          percentile, print_section, table, Timer)
+from bench.common import (
+    DEMO,
+    PROJECT_ROOT,
+    TUXPAINT,
+    Timer,
+    bench_parser,
+    machine_line,
+    make_tiny_dataset,
+    percentile,
+    print_section,
+    table,
+)
 
 PAGES = {"Training": "pages/4_training.py", "Dataset": "pages/1_dataset.py", "Runs": "pages/6_runs.py"}
 

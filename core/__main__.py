@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-from core.errors import FewShotError
 import argparse
 import csv
 import json
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from core.backbones import DEFAULT_BACKBONE
 from core.config import MODES, TrainConfig
+from core.errors import FewShotError
 from core.workspace import DEMO_DATASET
 
 EXIT_BAD_INPUT = 2

@@ -13,7 +13,6 @@ DOES augment (the layers default to training=True); pass `training=False` there.
 """
 from __future__ import annotations
 
-from core.errors import FewShotError
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.errors import FewShotError
 from core.images import resize_tensor_for_model
 
 if TYPE_CHECKING:  # TensorFlow loads on first use: the config alone (every page's settings) must import fast
@@ -112,7 +112,7 @@ class AugmentConfig:
         return text
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AugmentConfig":
+    def from_dict(cls, d: dict) -> AugmentConfig:
         """Build from a dict; missing keys take their defaults, unknown keys are an error (likely a typo)."""
         if not isinstance(d, dict):
             raise AugmentError(f"augmentation settings must be a JSON object, got {type(d).__name__}")
@@ -124,7 +124,7 @@ class AugmentConfig:
         return cls(**d)
 
     @classmethod
-    def from_json(cls, text: str | os.PathLike) -> "AugmentConfig":
+    def from_json(cls, text: str | os.PathLike) -> AugmentConfig:
         """Parse JSON text; a Path object (not a str, which is always treated as text) is read first."""
         if isinstance(text, os.PathLike):
             text = Path(text).read_text(encoding="utf-8")

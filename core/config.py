@@ -1,12 +1,12 @@
 """Training settings: one typed dataclass, validated, round-tripping through JSON (it is saved with every run)."""
 from __future__ import annotations
 
-from core.errors import FewShotError
 import json
 from dataclasses import asdict, dataclass, field, fields
 
 from core.augment import AugmentConfig
 from core.backbones import DEFAULT_BACKBONE
+from core.errors import FewShotError
 
 MODES = ("scratch", "bottleneck", "finetune")
 MODE_HELP = {
@@ -80,7 +80,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -88,7 +88,7 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
+    def from_json(cls, text: str) -> TrainConfig:
         return cls.from_dict(json.loads(text))
 
     def input_size(self) -> int:

@@ -1,8 +1,8 @@
 """Metrics from predicted probabilities: accuracy, per-class precision/recall/F1, confusion."""
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd

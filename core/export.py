@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-from core.errors import FewShotError
 import errno
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from core import fsutil, images
+from core.errors import FewShotError
 from core.tfenv import keras, tf
 
 

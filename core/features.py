@@ -108,7 +108,7 @@ def _decode_for(size: int):
     return decode
 
 
-def image_dataset(paths: Sequence[Path], size: int, batch_size: int) -> "tf.data.Dataset":
+def image_dataset(paths: Sequence[Path], size: int, batch_size: int) -> tf.data.Dataset:
     """(images float32 size×size×3 in 0..255, ok flags) batches, decoded in parallel, never all in memory."""
     decode = _decode_for(size)
 

@@ -5,13 +5,14 @@ the same way. Bad files raise `ImageError` with a reason a person can read; call
 """
 from __future__ import annotations
 
-from core.errors import FewShotError
 import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from core.errors import FewShotError
 
 # Extensions we try to read. Anything else in a class folder is reported as "not an image".
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -97,7 +98,7 @@ def open_image(path: str | Path, max_side: int | None = None) -> Image.Image:
         if "truncated" in text.lower():
             raise ImageError("truncated or damaged image") from None
         raise ImageError(f"unreadable image ({text})") from None
-    except (ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
+    except (ValueError, SyntaxError, EOFError, MemoryError) as exc:
         raise ImageError(f"damaged image ({type(exc).__name__}: {exc})") from None
 
 
@@ -111,7 +112,7 @@ def load_resized(path: str | Path, size: int) -> np.ndarray:
     return resize_for_model(load_rgb(path, max_side=2 * size), size)
 
 
-def resize_tensor_for_model(image, size: int) -> "tf.Tensor":  # noqa: F821
+def resize_tensor_for_model(image, size: int) -> tf.Tensor:  # noqa: F821
     """The model's one resize: an image (HxWx3) or batch, any dtype in 0..255 → size×size float32 in 0..255.
 
     Every path to the model goes through here: prediction (`resize_for_model`), feature extraction (the tf.data

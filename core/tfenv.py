@@ -3,8 +3,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 # On 2-core machines TF's default thread pools oversubscribe the CPU and make
 # inference about half as fast and erratic; this must run before any TF op.

@@ -5,9 +5,10 @@ app knows is in it, which is why a browser reload or a server restart loses noth
 """
 from __future__ import annotations
 
-from core.errors import FewShotError
 import os
 from pathlib import Path
+
+from core.errors import FewShotError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATASET = PROJECT_ROOT / "data" / "demo"

@@ -8,11 +8,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.errors import FewShotError
 from core.charts import class_counts_figure
 from core.datasets import DatasetError, dataset_warnings, detect_layout
-from core.datasets.importing import (add_uploads, create_class, create_dataset, dataset_name, import_zip,
-                                     list_datasets)
+from core.datasets.importing import add_uploads, create_class, create_dataset, dataset_name, import_zip, list_datasets
+from core.errors import FewShotError
 from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed, is_editable
 from ui.common import dataset_label, load_dataset, unsaved_uploads
 from ui.dataset_views import IMAGE_TYPES, class_image_counts, flash, md, show_flash, synced, thumbnail_grid

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.errors import FewShotError
 from core import duplicates, labeling
 from core.backbones import BackboneError, get_backbone
 from core.datasets import DatasetError, Item
+from core.errors import FewShotError
 from core.runs import Run
 from ui import labeling_views as lv
 from ui.common import dataset_label, load_dataset, md, thumb

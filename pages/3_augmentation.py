@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.errors import FewShotError
 from core.augment import FIELD_HELP, FILL_MODES, AugmentConfig, AugmentError, preview
 from core.backbones import BackboneError, get_backbone
+from core.errors import FewShotError
 from core.images import load_rgb
 from core.workspace import workspace_root
 from ui.common import current_dataset

@@ -5,11 +5,11 @@ import time
 
 import streamlit as st
 
-from core.errors import FewShotError
 from core.backbones import get_backbone, list_backbones
 from core.charts import history_figure
 from core.config import MODE_HELP, MODES, ConfigError, TrainConfig
 from core.engine import submit
+from core.errors import FewShotError
 from core.runs import ACTIVE_STATES, Run, RunError, RunStatus, active_runs, create_run, get_run, list_runs
 from ui.common import current_dataset, dataset_label
 from ui.frame import require_frame

@@ -15,9 +15,19 @@ from core.runs import Run, list_runs
 from ui.common import dataset_label, md
 from ui.frame import require_frame
 from ui.labeling_views import fix_controls, retrain_button, retrain_status
-from ui.prediction_views import (ALL, SORTS, WRONG_CSS, cell_from_selection, clickable_confusion,
-                                 export_check_sentence, filter_predictions, model_file_ready, per_class_table,
-                                 predict_uploads, square_thumb)
+from ui.prediction_views import (
+    ALL,
+    SORTS,
+    WRONG_CSS,
+    cell_from_selection,
+    clickable_confusion,
+    export_check_sentence,
+    filter_predictions,
+    model_file_ready,
+    per_class_table,
+    predict_uploads,
+    square_thumb,
+)
 from ui.state import init_state
 
 require_frame(__file__)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.errors import FewShotError
 from core.charts import overlay_figure
+from core.errors import FewShotError
 from core.runs import ACTIVE_STATES, RunError, delete_run, get_run, retrained_from, runs_table
 from ui.common import md
 from ui.frame import require_frame

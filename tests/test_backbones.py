@@ -253,7 +253,7 @@ def test_top_block_of_vgg16_is_block5():
     extractor = backbones.build_feature_extractor("vgg16", weights=None)
     n = backbones.set_top_block_trainable(extractor, "vgg16")
     assert n == 3 * (3 * 3 * 512 * 512 + 512)
-    assert {l.name for l in extractor.layers if l.trainable_weights} == {
+    assert {layer.name for layer in extractor.layers if layer.trainable_weights} == {
         "block5_conv1", "block5_conv2", "block5_conv3"}
 
 
@@ -327,8 +327,8 @@ def test_vgg16_offline_error_says_where_to_put_the_file(offline_keras):
 
 def test_vgg16_uses_a_user_supplied_file(offline_keras):
     # A legacy .h5 like the one Keras downloads, made from a random base.
-    from keras.src.legacy.saving import legacy_h5_format
     import h5py
+    from keras.src.legacy.saving import legacy_h5_format
 
     base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(150, 150, 3))
     target = offline_keras / "weights" / vgg16.VGG16_WEIGHTS_FILE

@@ -11,8 +11,14 @@ import pytest
 from PIL import Image
 
 from core import images
-from core.datasets import (DatasetError, dataset_warnings, safe_extract_zip, scan_dataset, split_counts,
-                           validate_class_name)
+from core.datasets import (
+    DatasetError,
+    dataset_warnings,
+    safe_extract_zip,
+    scan_dataset,
+    split_counts,
+    validate_class_name,
+)
 
 
 def test_demo_dataset_scans_with_counts(demo_dataset):

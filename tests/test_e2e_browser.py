@@ -200,7 +200,7 @@ def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path, p
 def test_predictions_wait_for_the_model_file_then_show_what_needs_it(server, page, demo_run, output):
     """A bottleneck run is done before its model.keras exists: the page shows the results at once and polls until
     the file lands (here: put back by the test while a live process stands in for the run's)."""
-    from core.runs import process_start_time, get_run
+    from core.runs import get_run, process_start_time
 
     url, ws = server
     run_dir = ws / "runs" / f"zz-{demo_run.name}"  # sorts first: the page's default run

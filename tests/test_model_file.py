@@ -14,7 +14,7 @@ import pytest
 from core.config import TrainConfig
 from core.engine import execute_run, write_run_model
 from core.export import load_model, predict_files
-from core.runs import process_start_time, create_run, get_run
+from core.runs import create_run, get_run, process_start_time
 from core.training import TrainingError, write_model_file
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-
 PAGE = "pages/1_dataset.py"
 DEMO_CLASSES = {"fish", "monuments", "renewable_energy", "tools"}
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_duplicates import scene
 
 from core import labeling
 from core.runs import get_run, process_alive
-from test_duplicates import scene
 from ui.labeling_views import NEW_CLASS, path_key
 
 PAGE = "pages/2_label.py"

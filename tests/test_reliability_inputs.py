@@ -22,10 +22,16 @@ import pytest
 from PIL import Image
 
 from core import images
-from core.datasets import (MAX_ZIP_MEMBERS, DatasetError, dataset_warnings, safe_extract_zip, safe_name,
-                           scan_dataset, validate_class_name)
+from core.datasets import (
+    MAX_ZIP_MEMBERS,
+    DatasetError,
+    dataset_warnings,
+    safe_extract_zip,
+    safe_name,
+    scan_dataset,
+    validate_class_name,
+)
 from core.datasets.importing import add_uploads, create_class, create_dataset, import_zip
-
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -250,7 +256,8 @@ def test_uploaded_file_names_are_sanitised_and_stay_in_their_class_folder(worksp
     dataset = create_dataset("uploads")
     png = png_bytes()
     hostile = ["../../escape.png", "/etc/passwd.png", "..\\..\\win.png", "C:\\Windows\\evil.png", "nul\x00byte.png",
-               "..png", ".hidden.png", "a" * 300 + ".png", "日本" * 100 + ".png", "  spaces  .png", "x:y*z?.png", "ok.png", "ok.png"]
+               "..png", ".hidden.png", "a" * 300 + ".png", "日本" * 100 + ".png", "  spaces  .png",
+               "x:y*z?.png", "ok.png", "ok.png"]
     before = tree(workspace)
     report = add_uploads(dataset, "cats", [(name, png) for name in hostile])
     assert report.skipped == [] and len(report.saved) == len(hostile)
@@ -380,7 +387,8 @@ def test_zip_bombs_are_refused_by_size_count_and_ratio(tmp_path):
                      zipfile.ZIP_DEFLATED)
     notes = safe_extract_zip(ratio, tmp_path / "out_ratio")
     assert notes == ["a/bomb.png: compression ratio too high (zip bomb?), left out"]
-    assert (tmp_path / "out_ratio" / "a" / "ok.png").exists() and not (tmp_path / "out_ratio" / "a" / "bomb.png").exists()
+    out = tmp_path / "out_ratio" / "a"
+    assert (out / "ok.png").exists() and not (out / "bomb.png").exists()
     # A header that under-states a member's size: never more than it says is written.
     liar = make_zip(tmp_path / "liar.zip", {"a/big.png": bytes(5 * 1024**2), "a/ok.png": png},
                     zipfile.ZIP_DEFLATED)

@@ -11,7 +11,6 @@ from core import images
 from core.datasets import Dataset, DatasetError, scan_dataset
 from core.workspace import DEMO_DATASET, PathError, ensure_allowed
 
-
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
 
 

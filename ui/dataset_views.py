@@ -8,11 +8,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from ui.common import md  # noqa: F401  (re-exported: pages import it from here)
-
 from core import images
 from core.datasets import class_folders, iter_image_files
-from ui.common import thumb
+from ui.common import (
+    md,  # noqa: F401  (re-exported: pages import it from here)
+    thumb,
+)
 
 IMAGE_TYPES = sorted(ext.lstrip(".") for ext in images.IMAGE_EXTENSIONS)  # for st.file_uploader(type=…)
 

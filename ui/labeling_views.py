@@ -11,9 +11,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.errors import FewShotError
 from core import labeling
 from core.engine import retrain
+from core.errors import FewShotError
 from core.runs import ACTIVE_STATES, Run, RunError, get_run, retrained_from
 from ui.common import dataset_label, md, thumb, unsaved_uploads
 from ui.dataset_views import flash

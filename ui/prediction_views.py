@@ -13,10 +13,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import ImageOps
 
-from core.errors import FewShotError
 from core import images
 from core.charts import confusion_figure
 from core.datasets import iter_image_files, safe_extract_zip
+from core.errors import FewShotError
 from core.model_cache import load_cached_model
 
 ALL = "(all)"

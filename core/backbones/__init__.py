@@ -73,17 +73,17 @@ def weights_dir() -> Path:
 
 # ----------------------------------------------------------------------------- builders
 
-def build_feature_extractor(name: str, weights: str | None = "imagenet") -> "keras.Model":
+def build_feature_extractor(name: str, weights: str | None = "imagenet") -> keras.Model:
     """Model: float32 RGB 0..255 of shape (size, size, 3) -> pooled features (feature_dim,)."""
     return get_backbone(name).build(weights)
 
 
-def build_imagenet_classifier(name: str) -> "keras.Model":
+def build_imagenet_classifier(name: str) -> keras.Model:
     """The backbone with its 1000-way ImageNet logits, to check the weight conversion (EfficientNet-Lite only)."""
     return get_backbone(name).build_imagenet_classifier()
 
 
-def set_top_block_trainable(extractor: "keras.Model", name: str) -> int:
+def set_top_block_trainable(extractor: keras.Model, name: str) -> int:
     """Freeze everything but the top block; BatchNorm stays frozen. Returns trainable params."""
     import numpy as np
 

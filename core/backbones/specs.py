@@ -7,8 +7,9 @@ builder's module, which does import TensorFlow, is only imported when a model is
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from core.errors import FewShotError
 
@@ -41,12 +42,12 @@ class BackboneSpec:
     # networks; VGG16's plain convolutions are already near the CPU's limit in TensorFlow).
     fast_extract: bool = False
 
-    def build(self, weights: str | None = "imagenet") -> "keras.Model":
+    def build(self, weights: str | None = "imagenet") -> keras.Model:
         if weights not in WEIGHTS:
             raise BackboneError(f"weights must be 'imagenet' or None, not {weights!r}.")
         return _resolve(self.builder)(self, weights)
 
-    def build_imagenet_classifier(self) -> "keras.Model":
+    def build_imagenet_classifier(self) -> keras.Model:
         if self.imagenet_classifier is None:
             raise BackboneError(f"Only EfficientNet-Lite has an ImageNet classifier here, not {self.name!r}.")
         return _resolve(self.imagenet_classifier)(self)

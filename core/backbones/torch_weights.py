@@ -17,7 +17,6 @@ import numpy as np
 
 from core.backbones import BackboneError
 
-
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,

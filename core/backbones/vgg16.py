@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from core.backbones import BackboneError, BackboneSpec, get_backbone, weights_dir
 from core.tfenv import keras

@@ -11,10 +11,23 @@ walk and its checks), `split` (the seeded stratified split), `zips` (safe extrac
 names), `importing` (bringing images into the workspace; imported on its own: `core.datasets.importing`).
 """
 from core.datasets.dataset import SPLITS, Dataset, DatasetError, Item, Skipped, dataset_warnings
-from core.datasets.names import (CLASS_NAME_RE, NOT_TEXT_REASON, RESERVED_FOLDERS, SPLIT_FOLDER_NAMES, free_name,
-                                 safe_name, validate_class_name)
-from core.datasets.scan import (class_folders, detect_layout, find_dataset_root, iter_image_files,
-                                scan_class_folder, scan_dataset)
+from core.datasets.names import (
+                                 CLASS_NAME_RE,
+                                 NOT_TEXT_REASON,
+                                 RESERVED_FOLDERS,
+                                 SPLIT_FOLDER_NAMES,
+                                 free_name,
+                                 safe_name,
+                                 validate_class_name,
+)
+from core.datasets.scan import (
+                                 class_folders,
+                                 detect_layout,
+                                 find_dataset_root,
+                                 iter_image_files,
+                                 scan_class_folder,
+                                 scan_dataset,
+)
 from core.datasets.split import natural_key, split_counts, stable_rank, stratified_split
 from core.datasets.zips import MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_RATIO, safe_extract_zip, unpack_zip_cached
 

@@ -11,5 +11,5 @@ from core.engine.execute import execute_run, friendly_error, write_run_model
 from core.engine.submit import retrain, submit
 from core.engine.worker import WorkerInfo, ensure_worker, keep_engine_running, read_worker, stop_worker
 
-__all__ = ["WorkerInfo", "ensure_worker", "execute_run", "friendly_error", "keep_engine_running", "read_worker", "retrain", "stop_worker",
-           "submit", "write_run_model"]
+__all__ = ["WorkerInfo", "ensure_worker", "execute_run", "friendly_error", "keep_engine_running", "read_worker",
+           "retrain", "stop_worker", "submit", "write_run_model"]

@@ -9,8 +9,8 @@ import signal
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from core import fsutil
@@ -25,22 +25,26 @@ def training_slot(run: Run) -> Iterator[None]:
     A second run waits here, visibly 'queued'. The lock is an flock, so a killed process releases it at once.
     """
     with open(workspace_root() / ".training.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            run.update_status(state="queued", phase="queued", message="waiting for another training to finish")
-            while True:
-                if run.stop_requested():
-                    raise _StoppedWhileQueued()
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    time.sleep(0.5)
+        announced = False
+        while not _try_lock(fh):
+            if not announced:
+                run.update_status(state="queued", phase="queued", message="waiting for another training to finish")
+                announced = True
+            if run.stop_requested():
+                raise _StoppedWhileQueued()
+            time.sleep(0.5)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _try_lock(fh) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 class _StoppedWhileQueued(Exception):

@@ -15,12 +15,29 @@ from __future__ import annotations
 
 from core.labeling.actions import add_unlabelled_uploads, delete_images, move_to_class, move_to_pool
 from core.labeling.copies import counterpart, make_editable_copy, origin_of, working_copy
-from core.labeling.journal import (Op, TrashItem, can_undo, history, in_trash, locate, recover, restore_from_trash,
-                                   trash_items, undo)
-from core.labeling.places import (LabelingError, class_folder, editable_root, journal_path, label_of, meta_dir,
-                                  pool_folder, trash_dir)
-from core.labeling.suggestions import (accept_predictions, order_pool, predict_pool, suggestion_runs,
-                                       suggestions_by_path)
+from core.labeling.journal import (
+                                   Op,
+                                   TrashItem,
+                                   can_undo,
+                                   history,
+                                   in_trash,
+                                   locate,
+                                   recover,
+                                   restore_from_trash,
+                                   trash_items,
+                                   undo,
+)
+from core.labeling.places import (
+                                   LabelingError,
+                                   class_folder,
+                                   editable_root,
+                                   journal_path,
+                                   label_of,
+                                   meta_dir,
+                                   pool_folder,
+                                   trash_dir,
+)
+from core.labeling.suggestions import accept_predictions, order_pool, predict_pool, suggestion_runs, suggestions_by_path
 from core.labeling.view import LabelView, label_view, unlabelled_images
 from core.workspace import is_demo, is_editable
 

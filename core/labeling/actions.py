@@ -12,8 +12,16 @@ from pathlib import Path
 from core.datasets import DatasetError, validate_class_name
 from core.datasets.importing import ImportReport, save_uploads
 from core.labeling.journal import Op, apply_moves, new_id
-from core.labeling.places import (LabelingError, class_folder, editable_root, inside, layout_of, pool_folder,
-                                  split_of, trash_dir)
+from core.labeling.places import (
+    LabelingError,
+    class_folder,
+    editable_root,
+    inside,
+    layout_of,
+    pool_folder,
+    split_of,
+    trash_dir,
+)
 
 
 def _image_paths(root: Path, paths: Iterable[str | Path]) -> list[Path]:

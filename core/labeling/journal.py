@@ -32,8 +32,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.datasets.importing import unique_path
-from core.labeling.places import (META_DIR, LabelingError, editable_root, inside, journal_path, layout_of,
-                                  meta_dir, pool_folder, rel, trash_dir)
+from core.labeling.places import (
+    META_DIR,
+    LabelingError,
+    editable_root,
+    inside,
+    journal_path,
+    layout_of,
+    meta_dir,
+    pool_folder,
+    rel,
+    trash_dir,
+)
 
 try:  # advisory lock between processes (and between threads: each open() is its own lock owner)
     import fcntl

@@ -4,8 +4,19 @@ from core.runs.folder import HISTORY_COLUMNS, Run
 from core.runs.launch import start_run_process
 from core.runs.process import process_alive, process_start_time
 from core.runs.status import ACTIVE_STATES, STATES, RunStatus
-from core.runs.store import (RETRAIN_PREFIX, RunError, active_runs, create_run, delete_run, get_run, library_versions,
-                             list_runs, new_run_id, retrained_from, runs_table)
+from core.runs.store import (
+                             RETRAIN_PREFIX,
+                             RunError,
+                             active_runs,
+                             create_run,
+                             delete_run,
+                             get_run,
+                             library_versions,
+                             list_runs,
+                             new_run_id,
+                             retrained_from,
+                             runs_table,
+)
 
 __all__ = ["ACTIVE_STATES", "HISTORY_COLUMNS", "RETRAIN_PREFIX", "STATES", "Run", "RunError", "RunStatus",
            "active_runs", "create_run", "delete_run", "get_run", "library_versions", "list_runs", "new_run_id",

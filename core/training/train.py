@@ -16,7 +16,7 @@ from core.models import build_export_model, build_image_classifier
 from core.reporting import Reporter
 from core.runs import Run
 from core.tfenv import keras
-from core.training.data import split_data, predict_images
+from core.training.data import predict_images, split_data
 from core.training.stages import StageTimes, finetune, load_head_from_run, train_bottleneck_head, train_scratch
 
 
