@@ -21,6 +21,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Converted backbone weights are shared by every test (converting again would only cost time).
 os.environ.setdefault("FEWSHOT_WEIGHTS_DIR", str(Path.home() / ".cache" / "fewshot" / "weights"))
+# AppTests start no warm worker ahead of need (the browser test turns it back on for its server): a test that
+# trains starts one by submitting, and `_stop_warm_workers` ends it.
+os.environ.setdefault("FEWSHOT_EAGER_WORKER", "0")
+
+
+@pytest.fixture(autouse=True)
+def _stop_warm_workers(tmp_path):
+    """A test stops what it started: the warm worker of any workspace under its temporary folder."""
+    yield
+    from core.engine.worker import stop_worker
+
+    for info in tmp_path.rglob("engine/worker.json"):
+        stop_worker(info.parent, timeout=60)
 
 
 def _make_image(path: Path, color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (48, 40),

@@ -35,7 +35,7 @@ def server(tmp_path_factory, project_root):
         pytest.fail("Chromium is missing: scripts/test.sh installs it (apt-get install chromium chromium-driver).")
     ws = tmp_path_factory.mktemp("e2e_ws")
     port = free_port()
-    env = dict(os.environ, FEWSHOT_WORKSPACE=str(ws), TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, FEWSHOT_WORKSPACE=str(ws), TF_CPP_MIN_LOG_LEVEL="3", FEWSHOT_EAGER_WORKER="1")
     log = open(ws / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
@@ -53,6 +53,9 @@ def server(tmp_path_factory, project_root):
         proc.kill()
         pytest.fail("streamlit did not start:\n" + (ws / "server.log").read_text()[-3000:])
     yield url, ws
+    from core.engine.worker import stop_worker
+
+    stop_worker(ws / "engine", timeout=60)  # the server started it (the warm engine); the test stops it
     proc.terminate()
     try:
         proc.wait(10)

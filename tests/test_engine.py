@@ -12,7 +12,8 @@ from core.runs import create_run
 
 
 def _scratch(data, **overrides) -> TrainConfig:
-    return TrainConfig(data=str(data), mode="scratch", epochs=2, batch_size=8, early_stopping=False, **overrides)
+    settings = {"epochs": 2, "batch_size": 8, "early_stopping": False, **overrides}
+    return TrainConfig(data=str(data), mode="scratch", **settings)
 
 
 def test_one_warm_worker_executes_queued_runs_in_turn(workspace, tiny_dataset, wait_for):
