@@ -339,7 +339,7 @@ def retrain_status(key: str) -> None:
         return
     active = new.status().state in ACTIVE_STATES
     # Poll while it trains; once it ends the fragment reruns the page, so the new run is listed everywhere.
-    st.fragment(_retrain_progress, run_every="1s" if active else None)(new, active, key)
+    st.fragment(_retrain_progress, run_every=0.5 if active else None)(new, active, key)
 
 
 def _retrain_progress(new: Run, was_active: bool, key: str) -> None:

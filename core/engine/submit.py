@@ -2,15 +2,22 @@
 `created_at`); the warm worker picks it up from the queue within a poll."""
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
 from core.engine import queue
 from core.engine.worker import ensure_worker
-from core.runs import RETRAIN_PREFIX, Run, create_run
+from core.runs import RETRAIN_PREFIX, Run, create_run, start_run_process
 
 
 def submit(run: Run) -> Run:
+    """Queue `run` for the warm worker (started if needed). FEWSHOT_EXECUTOR=process runs it in a new process of
+    its own instead: the design before the warm engine, kept for side-by-side benchmarks and as a fallback."""
+    if os.environ.get("FEWSHOT_EXECUTOR") == "process":
+        run.update_status(executor="process")
+        start_run_process(run)
+        return run
     run.update_status(executor="warm worker", message="waiting for the engine")
     queue.enqueue(run)
     ensure_worker()
