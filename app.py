@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.backbones import get_backbone
 from core.engine import keep_engine_running
+from core.errors import FewShotError
 from core.runs import active_runs
 from ui.common import dataset_label
 from ui.frame import enter_frame
@@ -27,7 +28,7 @@ def warm_engine_once() -> None:
     """Start the warm worker with the server, so the first training does not wait for TensorFlow to load."""
     try:
         keep_engine_running(always=True)
-    except OSError:  # a full or read-only workspace: the Training page says so when it is used
+    except (FewShotError, OSError):  # a full or read-only workspace, a worker that cannot start: the pages say so
         pass
 
 
@@ -54,7 +55,10 @@ with st.sidebar:
 
     @st.fragment(run_every="2s")
     def running_trainings() -> None:
-        keep_engine_running()
+        try:
+            keep_engine_running()
+        except (FewShotError, OSError) as exc:  # a worker that cannot start, a full disk: say so, keep the page
+            st.error(str(exc))
         runs = active_runs()
         if not runs:
             st.caption("No training running.")

@@ -207,7 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from core.engine import execute_run
     from core.runs import get_run
 
-    status = execute_run(get_run(args.run), terminal=sys.stdout)
+    status = execute_run(get_run(args.run), terminal=sys.stdout, executor="process")
     return 0 if status.state in ("done", "stopped") else EXIT_FAILED
 
 

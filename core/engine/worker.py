@@ -27,12 +27,14 @@ from pathlib import Path
 
 from core import fsutil
 from core.engine import queue
+from core.errors import FewShotError
 from core.runs import Run, process_alive, process_start_time
 from core.workspace import PROJECT_ROOT, engine_dir
 
 POLL_SECONDS = 0.05        # how often an idle worker looks at the queue (a directory listing)
 MAX_RUNS = 100             # then the worker exits and the next submission starts a fresh one (bounded memory)
 IDLE_EXIT_SECONDS = 6 * 3600
+START_RETRY_SECONDS = 20.0  # a worker that died before it was ready is not restarted sooner than this
 
 
 @dataclass
@@ -67,6 +69,10 @@ def _write_info(info: WorkerInfo) -> None:
     fsutil.atomic_write_json(_info_path(), asdict(info))
 
 
+class EngineError(FewShotError):
+    """The warm worker cannot start; the message says where its log is."""
+
+
 def ensure_worker() -> WorkerInfo:
     """The live worker, started if there is none (or it died). Cheap when it is running: one small JSON read."""
     info = read_worker()
@@ -77,6 +83,10 @@ def ensure_worker() -> WorkerInfo:
         info = read_worker()
         if info is not None and info.alive:
             return info
+        if info is not None and info.ready_at is None and time.time() - info.started_at < START_RETRY_SECONDS:
+            # It died while starting, moments ago: starting it again at every poll would only repeat that.
+            raise EngineError(f"The training engine failed to start; its log is {engine_dir() / 'worker.log'}. "
+                              f"It is tried again in {START_RETRY_SECONDS:.0f} s.")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(engine_dir() / "worker.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "core.engine.worker"], cwd=PROJECT_ROOT, stdout=log,
