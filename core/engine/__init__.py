@@ -9,7 +9,7 @@ This package imports no TensorFlow (the pages use it); execute.py loads it when 
 """
 from core.engine.execute import execute_run, friendly_error, write_run_model
 from core.engine.submit import retrain, submit
-from core.engine.worker import WorkerInfo, ensure_worker, keep_engine_running, read_worker, stop_worker
+from core.engine.worker import EngineError, WorkerInfo, ensure_worker, keep_engine_running, read_worker, stop_worker
 
-__all__ = ["WorkerInfo", "ensure_worker", "execute_run", "friendly_error", "keep_engine_running", "read_worker",
-           "retrain", "stop_worker", "submit", "write_run_model"]
+__all__ = ["EngineError", "WorkerInfo", "ensure_worker", "execute_run", "friendly_error", "keep_engine_running",
+           "read_worker", "retrain", "stop_worker", "submit", "write_run_model"]

@@ -212,6 +212,7 @@ class _Worker:
                             defer=lambda job, log=run.log_path: self.deferred.append(functools.partial(
                                 self._logged, job, log)))
             self.current = None
+            self._prepare_fast_extractor(run)
             self.info.state, self.info.current_run = "ready", None
             self.info.runs_done += 1
             _write_info(self.info)
@@ -220,6 +221,20 @@ class _Worker:
         while self.deferred:  # exiting: finish what finished runs still owe (their model files)
             self._run_deferred()
         return 0
+
+    def _prepare_fast_extractor(self, run: Run) -> None:
+        """Convert the run's backbone for fast extraction when the worker is next idle. A one-off process converts
+        only for big jobs (the conversion costs seconds); in a long-lived worker, and with the conversion kept on
+        disk, every later run gains from it, so small datasets get the fast path from their second run on."""
+        from core.backbones import get_backbone
+        from core.backbones.tflite import MIN_IMAGES_TO_CONVERT, fast_extractor
+
+        try:
+            cfg = run.config()
+            if cfg.mode != "scratch" and get_backbone(cfg.backbone).fast_extract:
+                self.deferred.append(functools.partial(fast_extractor, cfg.backbone, MIN_IMAGES_TO_CONVERT))
+        except Exception:  # an unreadable config or an unknown backbone: the run already said why
+            pass
 
     def _run_deferred(self) -> None:
         job = self.deferred.popleft()
