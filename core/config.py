@@ -43,7 +43,8 @@ class TrainConfig:
     class_weights: str = "balanced"  # "balanced" | "none"
     early_stopping: bool = True
     patience: int = 8               # epochs without val_loss improvement before stopping (best weights restored)
-    augment_copies: int = 0         # bottleneck: K augmented copies of each training image, features cached too
+    augment_copies: int = 0         # bottleneck: K augmented copies of each training image, features cached too;
+                                    # finetune on cached activations: K copies' activations (0: its default, 4)
     from_run: str | None = None     # finetune: start from this bottleneck run's head
     finetune_full: bool = False     # finetune: whole images through the whole backbone every epoch (the old,
                                     # slower path) instead of the top block on cached activations
