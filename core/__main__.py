@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--class-weights", choices=("balanced", "none"))
     train.add_argument("--augment", metavar="FILE.json", help="augmentation settings (as saved by the app)")
     train.add_argument("--augment-copies", type=int, help="bottleneck: cache features of K augmented copies")
+    train.add_argument("--finetune-full", action="store_true",
+                       help="finetune: every epoch on whole images through the whole backbone (slower) instead of "
+                            "the top block on cached activations")
     train.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="finetune: start from this run's head")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to create")
 
@@ -89,6 +92,10 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
             values[name] = getattr(args, name)
     if args.no_early_stopping:
         values["early_stopping"] = False
+    if args.finetune_full:
+        if args.mode != "finetune":
+            raise CliError("--finetune-full only makes sense with --mode finetune.")
+        values["finetune_full"] = True
     if args.from_run:
         if args.mode != "finetune":
             raise CliError("--from only makes sense with --mode finetune.")

@@ -75,6 +75,7 @@ def settings_form() -> tuple[TrainConfig, str] | None:
         balanced = c3.checkbox("Balance classes", True, key="train_balanced",
                                help="Give small classes as much weight as large ones.")
         finetune_epochs, finetune_lr, copies = defaults.finetune_epochs, defaults.finetune_lr, 0
+        finetune_full = defaults.finetune_full
         if mode == "finetune":
             finetune_epochs = c1.number_input("Fine-tuning epochs", 1, 200, defaults.finetune_epochs,
                                               key="train_ft_epochs")
@@ -82,6 +83,12 @@ def settings_form() -> tuple[TrainConfig, str] | None:
                                            defaults.finetune_lr, key="train_ft_lr", format_func=lambda v: f"{v:g}",
                                            help="Small on purpose (SGD, momentum 0.9): big steps would wreck "
                                                 "what the network learned from ImageNet.")
+            finetune_full = c3.checkbox("Fine-tune on full images (slower)", defaults.finetune_full,
+                                        key="train_ft_full",
+                                        help="Off: the network's frozen lower part runs once per photo and a few "
+                                             "augmented copies (cached for later runs), and only its last block "
+                                             "trains on that. On: every photo goes through the whole network in "
+                                             "every epoch, freshly augmented.")
         if mode == "bottleneck":
             copies = c2.number_input("Augmented copies", 0, 20, 0, key="train_copies",
                                      help="Also cache the features of this many augmented versions of each "
@@ -94,7 +101,7 @@ def settings_form() -> tuple[TrainConfig, str] | None:
             data=str(dataset_path()), val_split=st.session_state["val_split"],
             test_split=st.session_state["test_split"], seed=st.session_state["seed"], mode=mode, backbone=backbone,
             dense_units=units, dropout=dropout, epochs=int(epochs), batch_size=batch_size, lr=lr,
-            finetune_epochs=int(finetune_epochs), finetune_lr=finetune_lr,
+            finetune_epochs=int(finetune_epochs), finetune_lr=finetune_lr, finetune_full=bool(finetune_full),
             class_weights="balanced" if balanced else "none", patience=int(patience), augment_copies=int(copies),
             augment=augment), name
     except ConfigError as exc:

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from core import fsutil
 from core.runs import Run, RunStatus, process_start_time
-from core.workspace import features_dir, workspace_root
+from core.workspace import activations_dir, features_dir, workspace_root
 
 
 @contextmanager
@@ -74,8 +74,10 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
         if run.stop_requested():
             raise _StoppedWhileQueued()
         with training_slot(run):
-            # Only runs write the feature cache, and they take turns: what a killed one left half-written is stale.
+            # Only runs write the feature and activation caches, and they take turns: what a killed one left
+            # half-written is stale.
             fsutil.remove_temp_files(features_dir())
+            fsutil.remove_temp_files(activations_dir())
             run.update_status(state="running", started_at=time.time(), error=None)
             result = train(run.config(), run, reporter)
         state = "stopped" if run.stop_requested() else "done"
