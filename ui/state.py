@@ -60,26 +60,27 @@ def dataset_from_param(value: str | None) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _restore() -> None:
-    """Once per session: the URL's choices, else the workspace's last ones."""
+def _restore(missing: set[str]) -> None:
+    """Once per session, for the keys nothing set yet: the URL's choices, else the workspace's last ones."""
     remembered = preferences.last_choices()
     params = st.query_params
     dataset = dataset_from_param(params.get(DATASET_PARAM)) or (
         Path(remembered["dataset"]) if remembered.get("dataset") and Path(remembered["dataset"]).is_dir() else None)
-    if dataset is not None:
+    if dataset is not None and "dataset" in missing:
         st.session_state["dataset"] = str(dataset)
     run_id = params.get(RUN_PARAM) or remembered.get("run_id")
-    if run_id:
+    if run_id and "run_id" in missing:
         st.session_state["run_id"] = run_id
 
 
 def init_state() -> None:
-    for key, value in DEFAULTS.items():
-        if key not in st.session_state:
-            st.session_state[key] = value.copy() if isinstance(value, dict) else value
+    missing = {key for key in DEFAULTS if key not in st.session_state}
+    for key in missing:
+        value = DEFAULTS[key]
+        st.session_state[key] = value.copy() if isinstance(value, dict) else value
     if not st.session_state.get(_RESTORED):
         st.session_state[_RESTORED] = True
-        _restore()
+        _restore(missing)
 
 
 def publish_state() -> None:
