@@ -13,6 +13,7 @@ import numpy as np
 
 from core import fsutil, images
 from core.errors import FewShotError
+from core.quiet import captured_output
 from core.tfenv import keras, tf
 
 
@@ -101,8 +102,9 @@ def export_tflite(model_path: Path, out_path: Path) -> Path:
         x = layer(x)
     fixed = keras.Model(fixed_in, x)
     try:
-        converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
-        data = converter.convert()
+        with captured_output():  # ~250 lines of converter output would land in the server's terminal
+            converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
+            data = converter.convert()
     except Exception as exc:
         raise ExportError(f"TFLite conversion failed: {exc}") from exc
     fsutil.atomic_write_bytes(out_path, data)

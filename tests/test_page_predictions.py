@@ -30,8 +30,13 @@ def n_images(at: AppTest) -> int:
 
 
 def texts(at: AppTest) -> str:
-    """The page's markdown and captions as shown (class and file names are escaped for markdown)."""
-    return re.sub(r"\\(.)", r"\1", "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption]))
+    """The page's markdown, captions and HTML lines as shown (class and file names are escaped for markdown; the
+    grid's names are HTML lines, ui.layout.name_line)."""
+    import html
+
+    lines = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    shown = re.sub(r"\\(.)", r"\1", "\n".join(lines))
+    return shown + "\n" + "\n".join(html.unescape(h.proto.body) for h in at.get("html"))
 
 
 @pytest.fixture
@@ -125,14 +130,14 @@ def test_filters_and_confusion_from_predictions(tmp_path):
 
 
 def test_moved_files_and_test_split_do_not_break_the_page(run_copy, predictions_page):
-    """Images relabelled or deleted since training show as "file moved"; a run with test photos gets a selector."""
+    """Images deleted since training show as "file gone"; a run with test photos gets a selector."""
     frame = pd.read_csv(run_copy / "predictions.csv")
     val_rows = frame.index[frame["split"] == "val"]
     frame.loc[val_rows[0], "path"] = str(run_copy / "gone" / "missing.jpg")
     frame.loc[val_rows[-3:], "split"] = "test"
     frame.to_csv(run_copy / "predictions.csv", index=False)
     at = predictions_page()
-    assert any("file moved" in m.value for m in at.markdown)
+    assert any("file gone" in m.value for m in at.markdown)
     assert n_images(at) == min(24, len(val_rows) - 3) - 1
     at.segmented_control(key="pred_split").set_value("test").run()
     assert not at.exception
