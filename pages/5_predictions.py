@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from core.evaluate import frame_confusion
+from core.export.formats import FORMATS, input_text, snippet
 from core.runs import Run, file_stem, list_runs, run_dataset_title, run_title
 from ui.common import dataset_label, md
 from ui.dataset_views import IMAGE_TYPES
@@ -23,6 +24,8 @@ from ui.prediction_views import (
     WRONG_CSS,
     cell_from_selection,
     clickable_confusion,
+    conversion_check_sentence,
+    conversion_is_current,
     export_check_sentence,
     filter_predictions,
     model_file_ready,
@@ -278,8 +281,9 @@ if uploads:
 # ------------------------------------------------------------------------------------------- downloads
 st.subheader("Download")
 st.caption("`model.keras` takes a photo of any size (RGB, values 0–255) and returns one probability per class in "
-           "the order of `labels.json`; it needs only Keras, none of this app's code. TFLite is for phones.")
-d1, d2, d3, d4 = st.columns(4)
+           "the order of `labels.json`; it needs only Keras, none of this app's code. The conversions below run "
+           "without TensorFlow; they take a photo already resized to the model's input size.")
+d1, d2, d3 = st.columns(3)
 d1.download_button("Predictions (CSV)", functools.partial(run.file(Run.PREDICTIONS).read_bytes),
                    file_name=f"{stem}-predictions.csv", mime="text/csv", key="pred_dl_csv",
                    icon=":material/table:", on_click="ignore", help="One line per validation/test photo.")
@@ -291,21 +295,35 @@ if model_path.exists():  # else the notice above says why it is not there (yet)
                        file_name=f"{stem}.keras", mime="application/octet-stream", key="pred_dl_model",
                        icon=":material/neurology:", on_click="ignore",
                        help=f"{model_path.stat().st_size / 1e6:.0f} MB")
-    tflite = run.tflite_path
-    fresh = tflite.exists() and tflite.stat().st_mtime_ns >= model_path.stat().st_mtime_ns
-    with d4:
-        if fresh:
-            st.download_button("TFLite (model.tflite)", functools.partial(tflite.read_bytes),
-                               file_name=f"{stem}.tflite", mime="application/octet-stream", key="pred_dl_tflite",
-                               icon=":material/smartphone:", on_click="ignore",
-                               help="Fixed input: one square RGB image, float 0–255.")
-        elif st.button("Make a TFLite file", key="pred_make_tflite", icon=":material/smartphone:",
-                       help="Converts the model for phones and small devices (takes up to a minute)."):
-            from core.export import ExportError, export_tflite
+    size = run.config().input_size()
+    checks = run.exports()
+    for fmt in FORMATS.values():
+        key = fmt.name.replace("-", "_")
+        name_col, action_col, check_col = st.columns([2, 2, 5], vertical_alignment="center")
+        name_col.markdown(f"**{fmt.title}**  \n{fmt.purpose}")
+        with action_col:
+            if conversion_is_current(run, fmt.file):
+                path = run.file(fmt.file)
+                st.download_button(fmt.file, functools.partial(path.read_bytes), file_name=f"{stem}-{fmt.file}",
+                                   mime="application/octet-stream", key=f"pred_dl_{key}",
+                                   icon=":material/download:", on_click="ignore",
+                                   help=f"Input: {input_text(fmt, size)}.")
+            elif st.button(f"Make {fmt.file}", key=f"pred_make_{key}", icon=":material/build:",
+                           help="Converts model.keras, then re-runs the file on the validation photos to check it "
+                                "(up to a minute or two)."):
+                from core.export import ExportError, export_format  # TensorFlow only when converting
 
-            try:
-                with st.spinner("Converting to TFLite…"):
-                    export_tflite(model_path, tflite)
-                st.rerun()
-            except ExportError as exc:
-                st.error(f"The conversion failed: {md(exc)}")
+                try:
+                    with st.spinner(f"Converting to {fmt.title} and checking it…"):
+                        export_format(run, fmt.name)
+                    st.rerun()
+                except (ExportError, OSError) as exc:
+                    st.error(f"The conversion failed: {md(exc)}")
+        with check_col:
+            if conversion_is_current(run, fmt.file):
+                kind, sentence = conversion_check_sentence(checks.get(fmt.name))
+                getattr(st, kind)(sentence)
+                with st.expander("How to use it"):
+                    st.caption(f"Input: {input_text(fmt, size)}. Output: one probability per class, in the "
+                               f"order of labels.json.")
+                    st.code(snippet(fmt, size), language=fmt.language)
