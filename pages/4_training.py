@@ -230,8 +230,10 @@ on_top = run is not None and (run.status().state in ACTIVE_STATES or st.session_
 if on_top:
     show_run(run)
     st.divider()
-    with st.expander("Start another training" + (" (it waits until this one ends)"
-                                                 if run.status().state in ACTIVE_STATES else "")):
+    running_now = run.status().state in ACTIVE_STATES
+    # Folded while a run trains (its curves are what matters); open once it ended, so the next Start is one click.
+    with st.expander("Start another training" + (" (it waits until this one ends)" if running_now else ""),
+                     expanded=not running_now):
         result = settings_form()
 else:
     result = settings_form()
