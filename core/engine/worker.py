@@ -35,6 +35,9 @@ POLL_SECONDS = 0.05        # how often an idle worker looks at the queue (a dire
 MAX_RUNS = 100             # then the worker exits and the next submission starts a fresh one (bounded memory)
 IDLE_EXIT_SECONDS = 6 * 3600
 START_RETRY_SECONDS = 20.0  # a worker that died before it was ready is not restarted sooner than this
+# Model files and export checks wait until the queue has been empty this long: a user who clicks Start (or
+# Retrain) right after a run gets the worker at once instead of waiting for the previous run's model file.
+DEFER_IDLE_SECONDS = 2.0
 
 
 @dataclass
@@ -189,7 +192,7 @@ class _Worker:
                 break  # its workspace was deleted (a test's temporary folder, a user tidying up)
             entry = next(iter(queue.entries(waiting)), None)
             if entry is None:
-                if self.deferred:
+                if self.deferred and time.time() - idle_since >= DEFER_IDLE_SECONDS:
                     self._run_deferred()
                     continue
                 if time.time() - idle_since > IDLE_EXIT_SECONDS:
