@@ -35,6 +35,14 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def temp_folder(parent: str | Path, prefix: str) -> Path:
+    """A new folder of its own under `parent` (never shared with another caller), with the permissions a plain
+    mkdir would give it (mkdtemp makes 0700), so it can be renamed into place as a normal folder."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~_UMASK)
+    return path
+
+
 def remove_temp_files(folder: str | Path) -> int:
     """Delete the temporary files `atomic_path` left under `folder` when its writer was killed (kill -9, power
     loss) between creating and renaming them. Call it only where no writer is active. Returns how many."""

@@ -1,0 +1,94 @@
+"""Reliability, round two (issue 15): races on one zip, a full disk, kills right after a run is made, damaged
+run files, bad command lines, hostile Host headers, and the smaller cases. Each test reproduced its failure first.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+from pathlib import Path
+
+from PIL import Image
+
+from core.datasets import scan_dataset, unpack_zip_cached
+from core.datasets.importing import import_zip
+
+
+def png_bytes(color=(200, 30, 30), size=(8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def class_zip(path: Path, per_class: int, classes=("red", "blue")) -> Path:
+    """A zip of class folders with `per_class` tiny PNGs each."""
+    data = {"red": png_bytes((210, 40, 40)), "blue": png_bytes((40, 60, 210)), "green": png_bytes((40, 190, 60))}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name in classes:
+            for i in range(per_class):
+                archive.writestr(f"{name}/img_{i}.png", data[name])
+    return path
+
+
+def run_together(n: int, job) -> list[object]:
+    """Run `job(i)` in n threads started at one barrier; returns each result or the exception it raised."""
+    barrier = threading.Barrier(n)
+    results: list[object] = [None] * n
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = job(i)
+        except Exception as exc:  # collected: the test says which failed and how
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+# ------------------------------------------------------------------------------- 1. two unpacks of one zip
+
+
+def test_two_unpacks_of_one_zip_at_once_both_get_every_image(tmp_path):
+    archive = class_zip(tmp_path / "photos.zip", per_class=600)
+    parent = tmp_path / "imports"
+    results = run_together(3, lambda i: unpack_zip_cached(archive, parent))
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert len({str(r) for r in results}) == 1
+    dest = results[0]
+    assert len(list(dest.rglob("*.png"))) == 1200
+    assert sorted(p.name for p in parent.iterdir()) == sorted(
+        [dest.name, dest.name + ".complete", dest.name + ".lock"])  # no partial folder left over
+
+
+def test_an_incomplete_unpack_is_never_reused(tmp_path):
+    archive = class_zip(tmp_path / "photos.zip", per_class=5)
+    parent = tmp_path / "imports"
+    dest = unpack_zip_cached(archive, parent)
+    # What an earlier version left when two unpacks raced or a process was killed: a folder missing photos, and
+    # a half-written partial folder beside it.
+    for path in list(dest.rglob("*.png"))[3:]:
+        path.unlink()
+    (parent / (dest.name + ".complete")).unlink()
+    (parent / (dest.name + ".partial")).mkdir()
+    again = unpack_zip_cached(archive, parent)
+    assert again == dest and len(list(again.rglob("*.png"))) == 10
+    assert len(scan_dataset(archive, val_split=0.2, check_images=False).items) == 10
+
+
+def test_two_sessions_importing_one_zip_under_one_name_lose_no_photo(workspace, tmp_path):
+    archive = class_zip(tmp_path / "photos.zip", per_class=600)
+    results = run_together(2, lambda i: import_zip(archive, "shared"))
+    imported = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert imported, results
+    # The other is told the name is taken, in words (a DatasetError), never a raw OSError.
+    assert all(type(r).__name__ == "DatasetError" and "already exists" in str(r) for r in refused), refused
+    target = imported[0][0]
+    assert len(list(target.rglob("*.png"))) == 1200
+    assert sorted(p.name for p in target.iterdir()) == ["blue", "red"]
+    assert not [p for p in (workspace / "datasets").iterdir() if p.name.startswith(".")]
