@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.mode != "scratch":
         get_backbone(cfg.backbone)  # fail before creating anything
     scan_dataset(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, check_images=False)  # same: fail early
-    run = create_run(cfg, args.out)
+    run = create_run(cfg, args.out, pid=os.getpid(), executor="in-process")
     print(f"run folder: {run.path}", file=sys.stderr)
     status = execute_run(run, terminal=sys.stderr)
     if status.state == "failed":

@@ -4,6 +4,10 @@ run files, bad command lines, hostile Host headers, and the smaller cases. Each 
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -12,6 +16,7 @@ from PIL import Image
 
 from core.datasets import scan_dataset, unpack_zip_cached
 from core.datasets.importing import import_zip
+from core.runs import delete_run, get_run
 
 
 def png_bytes(color=(200, 30, 30), size=(8, 8)) -> bytes:
@@ -92,3 +97,47 @@ def test_two_sessions_importing_one_zip_under_one_name_lose_no_photo(workspace, 
     assert len(list(target.rglob("*.png"))) == 1200
     assert sorted(p.name for p in target.iterdir()) == ["blue", "red"]
     assert not [p for p in (workspace / "datasets").iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------------------- 3. kill -9 right after creation
+
+
+def test_a_process_killed_right_after_creating_its_run_leaves_it_failed(workspace, tiny_dataset, project_root):
+    """What the command line does: create the run with its own pid, then (seconds later) execute it. A kill in
+    between must not leave the run 'queued' forever (shown as training, refused by Delete)."""
+    out = workspace / "runs" / "killed-early"
+    script = ("import os, sys, time\n"
+              "from core.config import TrainConfig\n"
+              "from core.runs import create_run\n"
+              f"create_run(TrainConfig(data={str(tiny_dataset)!r}), {str(out)!r}, pid=os.getpid())\n"
+              "print('made', flush=True)\n"
+              "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=project_root, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "FEWSHOT_WORKSPACE": str(workspace)})
+    try:
+        assert proc.stdout.readline().strip() == "made"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    run = get_run(out)
+    assert run.status().state == "failed"
+    assert "ended unexpectedly" in run.status().error
+    delete_run(run)  # and Delete takes it
+    assert not out.exists()
+
+
+def test_the_command_line_records_its_pid_in_the_first_status(workspace, tiny_dataset, project_root, wait_for):
+    out = workspace / "runs" / "cli-early"
+    proc = subprocess.Popen([sys.executable, "-m", "core", "train", str(tiny_dataset), "--epochs", "1", "--out",
+                             str(out)], cwd=project_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "FEWSHOT_WORKSPACE": str(workspace)})
+    try:
+        wait_for(lambda: (out / "status.json").exists(), timeout=120, interval=0.005)
+        first = get_run(out).read_status()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert first.pid == proc.pid
+    assert get_run(out).status().state == "failed"

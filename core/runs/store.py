@@ -13,6 +13,7 @@ import pandas as pd
 from core.config import TrainConfig
 from core.errors import FewShotError
 from core.runs.folder import Run
+from core.runs.process import process_start_time
 from core.runs.status import ACTIVE_STATES
 from core.workspace import runs_dir
 
@@ -39,9 +40,14 @@ def new_run_id(mode: str) -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{mode}-{secrets.token_hex(2)}"
 
 
-def create_run(config: TrainConfig, out: str | Path | None = None, name: str = "") -> Run:
+def create_run(config: TrainConfig, out: str | Path | None = None, name: str = "", pid: int | None = None,
+               executor: str | None = None) -> Run:
     """Make the run folder with its config and a 'queued' status. `out` defaults to a new folder under runs/.
-    Its creation time is the click every shown duration is measured from."""
+    Its creation time is the click every shown duration is measured from.
+
+    `pid`: the process that will execute it, when it is already known (the command line executes in-process).
+    Recorded in the first status, so a kill at any moment after creation leaves the run failed, not 'queued'
+    forever."""
     path = Path(out) if out else runs_dir() / new_run_id(config.mode)
     if path.exists() and any(path.iterdir()):
         raise RunError(f"{path} already exists and is not empty; choose another --out folder.")
@@ -49,7 +55,8 @@ def create_run(config: TrainConfig, out: str | Path | None = None, name: str = "
     run = Run(path.resolve())
     run.write_config(config, name, library_versions(), command="python -m core run " + str(run.path))
     now = time.time()
-    run.update_status(state="queued", phase="queued", progress=0.0, created_at=now)
+    process = dict(pid=pid, pid_start=process_start_time(pid), executor=executor) if pid else {}
+    run.update_status(state="queued", phase="queued", progress=0.0, created_at=now, **process)
     return run
 
 
