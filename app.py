@@ -14,6 +14,7 @@ import streamlit as st
 from core.backbones import get_backbone
 from core.engine import keep_engine_running
 from core.runs import active_runs
+from core.workspace import disk_full_message
 from ui.common import dataset_label
 from ui.frame import enter_frame
 from ui.state import dataset_path, init_state
@@ -54,8 +55,15 @@ with st.sidebar:
 
     @st.fragment(run_every="2s")
     def running_trainings() -> None:
-        keep_engine_running()
-        runs = active_runs()
+        full = disk_full_message()
+        if full:
+            st.error(full, icon=":material/hard_drive:")
+        try:
+            keep_engine_running()
+            runs = active_runs()
+        except OSError as exc:  # a full or read-only workspace must not take every page down
+            st.caption(f"Trainings cannot be listed: {exc.strerror or exc}.")
+            return
         if not runs:
             st.caption("No training running.")
             return

@@ -67,6 +67,25 @@ def atomic_write_json(target: str | Path, data: object) -> None:
     atomic_write_text(target, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def overwrite_in_place(target: str | Path, data: bytes) -> bool:
+    """Rewrite a small file in the space it already holds, for when nothing new can be allocated (a full disk): no
+    temporary file, so not atomic: a crash mid-write can leave it torn, which its readers must tolerate. Returns
+    False, writing nothing, when `data` does not fit in the file's allocated blocks."""
+    target = Path(target)
+    try:
+        allocated = target.stat().st_blocks * 512
+    except OSError:
+        return False
+    if len(data) > allocated:
+        return False
+    with open(target, "r+b") as fh:
+        fh.write(data)
+        fh.truncate(len(data))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
 def read_json(path: str | Path, default: object = None) -> object:
     """The JSON in `path`, or `default` if the file is missing or unreadable."""
     try:

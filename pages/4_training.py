@@ -11,7 +11,7 @@ from core.config import MODE_HELP, MODES, ConfigError, TrainConfig
 from core.engine import submit
 from core.errors import FewShotError
 from core.runs import ACTIVE_STATES, Run, RunError, RunStatus, active_runs, create_run, get_run, list_runs
-from ui.common import current_dataset, dataset_label
+from ui.common import current_dataset, dataset_label, warn_if_disk_full
 from ui.frame import require_frame
 from ui.state import augment_config, dataset_path, init_state
 
@@ -19,6 +19,7 @@ require_frame(__file__)
 
 init_state()
 st.title("Training")
+warn_if_disk_full()
 st.caption("Your photos stay on this machine. Training runs in the background: you can change pages, reload or "
            "close the tab — it keeps going, and this page finds it again.")
 

@@ -6,13 +6,14 @@ import streamlit as st
 from core.charts import overlay_figure
 from core.errors import FewShotError
 from core.runs import ACTIVE_STATES, RunError, delete_run, get_run, retrained_from, runs_table
-from ui.common import md
+from ui.common import md, warn_if_disk_full
 from ui.frame import require_frame
 from ui.state import init_state
 
 require_frame(__file__)
 init_state()
 st.title("Runs")
+warn_if_disk_full()
 st.caption("Every training you started, newest first. Tick runs in the table to compare their learning curves, "
            "for example training from scratch against pretrained features on the same photos.")
 

@@ -3,6 +3,7 @@ run files, bad command lines, hostile Host headers, and the smaller cases. Each 
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -12,11 +13,14 @@ import threading
 import zipfile
 from pathlib import Path
 
+import pytest
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
+from core.config import TrainConfig
 from core.datasets import scan_dataset, unpack_zip_cached
 from core.datasets.importing import import_zip
-from core.runs import delete_run, get_run
+from core.runs import create_run, delete_run, get_run
 
 
 def png_bytes(color=(200, 30, 30), size=(8, 8)) -> bytes:
@@ -141,3 +145,79 @@ def test_the_command_line_records_its_pid_in_the_first_status(workspace, tiny_da
         proc.kill()
     assert first.pid == proc.pid
     assert get_run(out).status().state == "failed"
+
+
+# ------------------------------------------------------------------------------- 2. a full disk
+
+
+@pytest.fixture
+def full_disk(tmp_path, monkeypatch):
+    """A workspace on a real 8 MB tmpfs (needs mount rights, else skipped), and `fill()` to fill it up."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    ws = mount / "workspace"
+    monkeypatch.setenv("FEWSHOT_WORKSPACE", str(ws))
+
+    def fill() -> None:
+        with open(mount / "filler", "ab") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+        for size in (4096, 512, 1):  # the last few bytes too
+            try:
+                with open(mount / "filler", "ab") as fh:
+                    while True:
+                        fh.write(b"\0" * size)
+                        fh.flush()
+            except OSError:
+                pass
+
+    try:
+        yield ws, fill
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("page", ["pages/1_dataset.py", "pages/2_label.py", "pages/4_training.py",
+                                  "pages/5_predictions.py", "pages/6_runs.py"])
+def test_pages_work_on_a_full_disk_say_so_and_runs_can_be_deleted(full_disk, tiny_dataset, project_root, page):
+    ws, fill = full_disk
+    run = create_run(TrainConfig(data=str(tiny_dataset)), ws / "runs" / "20260101-000000-bottleneck-dead")
+    run.update_status(state="running", phase="training", pid=dead_pid())  # its process died without a word
+    fill()
+    at = AppTest.from_file(str(project_root / "app.py"), default_timeout=180)
+    at.run()  # the frame's first run draws the sidebar (every page has it), then the default page
+    assert not at.exception, at.exception
+    assert "disk" in " ".join(e.value for e in at.sidebar.error).lower()
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, at.exception
+    if page in ("pages/4_training.py", "pages/6_runs.py"):  # where trainings start and runs are deleted
+        assert any("disk" in e.value and "full" in e.value for e in at.error), [e.value for e in at.error]
+    assert run.status().state == "failed"
+    delete_run(run)  # what frees the space
+    assert not run.path.exists()
+
+
+def test_a_run_that_hits_a_full_disk_is_recorded_failed_not_left_running(full_disk, tiny_dataset):
+    """The warm worker outlives its run, so a run whose failure cannot be written would stay 'running' for good:
+    the status is small enough to be rewritten in place when nothing new can be allocated."""
+    ws, fill = full_disk
+    run = create_run(TrainConfig(data=str(tiny_dataset)), ws / "runs" / "full")
+    run.update_status(state="running", phase="training", pid=os.getpid())  # alive: the liveness check won't help
+    fill()
+    status = run.update_status(state="failed", phase="failed", error="The disk is full: free some space.")
+    assert status.state == "failed"
+    assert run.read_status().state == "failed" and "disk is full" in run.read_status().error

@@ -18,6 +18,8 @@ reader depends on a write succeeding (a full disk must not take the pages down).
 """
 from __future__ import annotations
 
+import errno
+import json
 import os
 import sys
 import time
@@ -206,7 +208,14 @@ class Run:
         data = fsutil.read_json(self.file(self.STATUS), {}) or {}
         data.update(changes)
         data["updated_at"] = time.time()
-        fsutil.atomic_write_json(self.file(self.STATUS), data)
+        try:
+            fsutil.atomic_write_json(self.file(self.STATUS), data)
+        except OSError as exc:
+            # A full disk: a run's end must still be recorded (the warm worker outlives the run, so no liveness
+            # check would ever fail it), and status.json is small enough to rewrite in the blocks it holds.
+            text = json.dumps(data, indent=2, default=str) + "\n"
+            if exc.errno != errno.ENOSPC or not fsutil.overwrite_in_place(self.file(self.STATUS), text.encode()):
+                raise
         return RunStatus.from_dict(data)
 
     def request_stop(self) -> None:
