@@ -3,8 +3,10 @@ run files, bad command lines, hostile Host headers, and the smaller cases. Each 
 """
 from __future__ import annotations
 
+import base64
 import errno
 import io
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -221,3 +224,59 @@ def test_a_run_that_hits_a_full_disk_is_recorded_failed_not_left_running(full_di
     status = run.update_status(state="failed", phase="failed", error="The disk is full: free some space.")
     assert status.state == "failed"
     assert run.read_status().state == "failed" and "disk is full" in run.read_status().error
+
+
+# ------------------------------------------------------------------------------- 6. class names pandas would parse
+
+ODD_NAMES = {"01": (210, 40, 40), "None": (40, 190, 60), "NA": (40, 60, 210), "1e3": (220, 220, 40)}
+
+
+@pytest.fixture
+def odd_names_run(workspace, make_dataset) -> Path:
+    from core.engine import execute_run
+
+    data = make_dataset(workspace / "datasets" / "odd", ODD_NAMES, per_class=8)
+    run = create_run(TrainConfig(data=str(data), mode="scratch", epochs=2, seed=1), workspace / "runs" / "odd")
+    assert execute_run(run).state == "done"
+    return run.path
+
+
+def confusion_counts(at: AppTest) -> list[list[int]]:
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    z = next(t for t in spec["data"] if t["type"] == "heatmap")["z"]
+    if isinstance(z, dict):  # plotly's typed-array encoding
+        n = int(z["shape"].split(",")[0])
+        return np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(n, -1).tolist()
+    return z
+
+
+def test_class_names_like_na_none_01_1e3_stay_text_on_the_predictions_page(odd_names_run, open_app_page):
+    run = get_run(odd_names_run)
+    frame = run.predictions()
+    val = frame[frame["split"] == "val"]
+    assert set(val["label"]) <= set(ODD_NAMES) and set(val["predicted"]) <= set(ODD_NAMES)
+    assert sorted(run.labels()) == sorted(ODD_NAMES)
+    at = open_app_page("pages/5_predictions.py")
+    assert not at.exception, at.exception
+    counts = confusion_counts(at)
+    assert sum(map(sum, counts)) == len(val) > 0  # every validation photo is in the matrix
+    right = sum(counts[i][i] for i in range(len(counts)))
+    assert right == int((val["label"] == val["predicted"]).sum())
+    options = at.selectbox(key="pred_true").options
+    assert set(ODD_NAMES) <= set(options)
+    for name in ODD_NAMES:
+        at.selectbox(key="pred_true").set_value(name).run()
+        assert not at.exception
+        assert len(at.get("image")) == min(24, int((val["label"] == name).sum()))
+
+
+def test_charts_keep_number_like_class_names_as_categories():
+    from core.charts import class_counts_figure, confusion_figure
+
+    classes = ["01", "1", "1e3"]  # all would parse as numbers: plotly would put them on a numeric axis
+    fig = confusion_figure([[1, 0, 0], [0, 1, 0], [0, 0, 1]], classes)
+    assert fig.layout.xaxis.type == "category" and fig.layout.yaxis.type == "category"
+    import pandas as pd
+
+    counts = pd.DataFrame({"train": [3, 4, 5], "val": [1, 1, 1]}, index=pd.Index(classes, name="class"))
+    assert class_counts_figure(counts).layout.xaxis.type == "category"
