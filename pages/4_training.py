@@ -159,7 +159,7 @@ def live_view(run: Run, polling: bool) -> None:
     elif state == "failed":
         st.error(status.error or "The training failed.")
         with st.expander("Technical log"):
-            st.code(run.log_tail(), language=None)
+            st.code(run.log_tail(tracebacks=False), language=None)
     else:
         metrics = run.metrics() or {}
         c1, c2, c3, c4 = st.columns(4)

@@ -65,6 +65,9 @@ st.session_state["run_id"] = run_id
 run: Run = by_id[run_id]
 metrics = run.metrics() or {}
 config = run.config_dict()
+if run.damaged():
+    st.warning(f"Some files of this run are damaged and cannot be read: {md(', '.join(run.damaged()))}. What is "
+               f"readable is shown below; the Runs page can delete it.")
 classes = metrics.get("classes") or run.labels()
 train = config.get("train", {})
 st.caption(f"Dataset **{md(dataset_label(train.get('data', '?')))}** · mode **{train.get('mode', '?')}** · "

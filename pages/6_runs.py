@@ -75,7 +75,7 @@ keep_ticked_runs(table["run"].tolist())
 event = st.dataframe(
     table, key=TABLE_KEY, on_select="rerun", selection_mode="multi-row", hide_index=True,
     column_order=["run", "name", "dataset", "mode", "backbone", "val_accuracy", "test_accuracy", "seconds",
-                  "status", "date"],
+                  "status", "date"] + (["damaged"] if table["damaged"].any() else []),
     column_config={
         "run": st.column_config.TextColumn("run", help="The run's folder name (date, time, mode)."),
         "mode": st.column_config.TextColumn("mode", help="scratch: a small network learns alone; bottleneck: "
@@ -89,6 +89,8 @@ event = st.dataframe(
             help="The same on the test photos (only when a test split was kept aside)."),
         "seconds": st.column_config.NumberColumn("duration", format="%.0f s", help="Wall-clock time of the run."),
         "status": st.column_config.TextColumn("status"),
+        "damaged": st.column_config.TextColumn("damaged files", help="Files of the run that cannot be read "
+                                               "(truncated, overwritten): what is readable is shown; delete it."),
     })
 selected_rows = [i for i in event.selection.rows if 0 <= i < len(table)]
 selected = table.iloc[selected_rows]
@@ -164,6 +166,10 @@ for _, row in selected.iterrows():
             y.button("Yes, delete it", key=f"runs_delete_yes_{run_id}", type="primary", on_click=do_delete,
                      args=(run_id,))
             n.button("Cancel", key=f"runs_delete_no_{run_id}", on_click=ask_delete, args=(None,))
+        damaged = run.damaged()
+        if damaged:
+            st.warning(f"Damaged: {md(', '.join(damaged))} cannot be read. What is readable is shown; you can "
+                       f"delete the run.")
         status = run.status()
         if status.error:
             st.error(f"This run failed: {md(status.error)}")

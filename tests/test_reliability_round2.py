@@ -8,6 +8,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from streamlit.testing.v1 import AppTest
 from core.config import TrainConfig
 from core.datasets import scan_dataset, unpack_zip_cached
 from core.datasets.importing import import_zip
-from core.runs import create_run, delete_run, get_run
+from core.runs import create_run, delete_run, get_run, runs_table
 
 
 def png_bytes(color=(200, 30, 30), size=(8, 8)) -> bytes:
@@ -280,3 +281,168 @@ def test_charts_keep_number_like_class_names_as_categories():
 
     counts = pd.DataFrame({"train": [3, 4, 5], "val": [1, 1, 1]}, index=pd.Index(classes, name="class"))
     assert class_counts_figure(counts).layout.xaxis.type == "category"
+
+
+# ------------------------------------------------------------------------------- 7. damaged run files
+
+
+@pytest.fixture(scope="module")
+def trained_scratch_run(tmp_path_factory) -> Path:
+    """One finished scratch run (tiny images, 2 epochs), made once for this module; tests damage copies of it."""
+    from core.engine import execute_run
+
+    ws = tmp_path_factory.mktemp("scratch_ws")
+    data = ws / "datasets" / "tiny"
+    for name, color in {"red": (210, 40, 40), "blue": (40, 60, 210)}.items():
+        for i in range(8):
+            (data / name).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), tuple(min(255, v + 3 * i) for v in color)).save(data / name / f"{i}.png")
+    old = os.environ.get("FEWSHOT_WORKSPACE")
+    os.environ["FEWSHOT_WORKSPACE"] = str(ws)
+    try:
+        run = create_run(TrainConfig(data=str(data), mode="scratch", epochs=2, seed=1), ws / "runs" / "scratch")
+        assert execute_run(run).state == "done"
+    finally:
+        if old is None:
+            os.environ.pop("FEWSHOT_WORKSPACE", None)
+        else:
+            os.environ["FEWSHOT_WORKSPACE"] = old
+    return run.path
+
+
+DAMAGE = {
+    "truncated": lambda text: text[: len(text) // 2],
+    "wrong type": lambda text: "[1]",
+    "not utf-8": lambda text: "\udcff",  # written as the byte 0xff below
+    "empty": lambda text: "",
+}
+
+
+def damage(path: Path, kind: str) -> None:
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if kind == "not utf-8":
+        path.write_bytes(b"\xff\xfe\x00garbage\x80\x81" + text.encode()[:10])
+    else:
+        path.write_text(DAMAGE[kind](text), encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", ["config.json", "status.json", "metrics.json", "labels.json", "split.json",
+                                  "history.csv", "predictions.csv"])
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_damaged_run_files_are_read_as_damaged_never_raise(trained_scratch_run, tmp_path, monkeypatch, name, kind):
+    ws = tmp_path / "ws"
+    shutil.copytree(trained_scratch_run, ws / "runs" / "scratch")
+    monkeypatch.setenv("FEWSHOT_WORKSPACE", str(ws))
+    run = get_run(ws / "runs" / "scratch")
+    damage(run.file(name), kind)
+    assert isinstance(run.config_dict(), dict) and isinstance(run.config_dict().get("train", {}), dict)
+    assert isinstance(run.metrics() or {}, dict)
+    assert all(isinstance(c, str) for c in run.labels())
+    assert isinstance(run.split() or {}, dict)
+    assert set(run.history().columns) >= {"epoch", "val_accuracy"}
+    run.status()
+    table = runs_table(ws / "runs")
+    assert len(table) == 1
+    # A truncated or empty history is still a history (whole lines are appended); other damage is named.
+    if name != "predictions.csv" and not (name == "history.csv" and kind in ("empty", "truncated")):
+        assert name in table["damaged"].iloc[0]
+    delete_run(run)
+    assert not run.path.exists()
+
+
+@pytest.mark.parametrize("name,kind", [("config.json", "truncated"), ("config.json", "wrong type"),
+                                       ("history.csv", "not utf-8"), ("metrics.json", "wrong type"),
+                                       ("labels.json", "wrong type"), ("status.json", "wrong type"),
+                                       ("split.json", "wrong type")])
+@pytest.mark.parametrize("page", ["pages/4_training.py", "pages/5_predictions.py", "pages/6_runs.py"])
+def test_pages_show_a_damaged_run_without_crashing(trained_scratch_run, tmp_path, monkeypatch, open_app_page,
+                                                   name, kind, page):
+    ws = tmp_path / "ws"
+    shutil.copytree(trained_scratch_run, ws / "runs" / "scratch")
+    monkeypatch.setenv("FEWSHOT_WORKSPACE", str(ws))
+    damage(ws / "runs" / "scratch" / name, kind)
+    at = open_app_page(page, watch_run="scratch", run_id="scratch")
+    assert not at.exception, at.exception
+
+
+# ------------------------------------------------------------------------------- 8. bad command lines: one line
+
+
+def cli(project_root: Path, workspace: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=project_root, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "FEWSHOT_WORKSPACE": str(workspace)})
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr and "File \"" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, lines
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+def fake_run(root: Path, name: str, mode: str, state: str, labels: list[str], head: bool) -> Path:
+    run = create_run(TrainConfig(data=str(root), mode=mode), root / name)
+    run.update_status(state=state, phase=state)
+    run.write_labels(labels)
+    if head:
+        run.head_path.write_bytes(b"not really weights")
+    return run.path
+
+
+def test_bad_train_command_lines_say_one_line_and_leave_no_run_folder(workspace, tiny_dataset, project_root,
+                                                                     trained_scratch_run, tmp_path):
+    runs = tmp_path / "sources"
+    failed = fake_run(runs, "failed", "bottleneck", "failed", [], head=False)
+    other = fake_run(runs, "other", "bottleneck", "done", ["cat", "dog"], head=True)
+    cases = {
+        "seed": (["--seed", "-1"], "seed"),
+        "missing": (["--mode", "finetune", "--from", str(tmp_path / "nope")], "not a run folder"),
+        "scratch": (["--mode", "finetune", "--from", str(trained_scratch_run)], "scratch"),
+        "failed": (["--mode", "finetune", "--from", str(failed)], "head"),
+        "classes": (["--mode", "finetune", "--from", str(other)], "classes"),
+    }
+    for case, (args, word) in cases.items():
+        out = tmp_path / "runs" / case
+        result = cli(project_root, workspace, "train", str(tiny_dataset), "--out", str(out), *args)
+        assert_one_line_error(result, word)
+        assert not out.exists(), case
+
+
+def test_export_model_file_of_a_scratch_run_says_one_line(workspace, project_root, trained_scratch_run):
+    assert_one_line_error(cli(project_root, workspace, "export", str(trained_scratch_run), "--model-file"),
+                          "scratch")
+
+
+def test_out_pointing_at_a_file_is_refused_in_words(workspace, tiny_dataset, project_root, tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    result = cli(project_root, workspace, "train", str(tiny_dataset), "--out", str(target / "run"))
+    assert_one_line_error(result, "not a folder")
+    assert "NotADirectoryError" not in result.stderr
+
+
+def test_export_prints_only_the_path_on_stdout(workspace, project_root, trained_scratch_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_scratch_run, run)
+    result = cli(project_root, workspace, "export", str(run))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [str(run / "model.tflite")]
+
+
+def test_technical_log_on_the_training_page_shows_no_traceback(workspace, tiny_dataset, open_app_page):
+    run = create_run(TrainConfig(data=str(tiny_dataset)), workspace / "runs" / "20260101-000000-bottleneck-x")
+    run.log_path.write_text(
+        "extracting features\n"
+        "Traceback (most recent call last):\n"
+        '  File "/srv/app/core/training/train.py", line 12, in train\n'
+        "    raise ValueError('boom')\n"
+        "ValueError: boom in /srv/app/secret\n"
+        "the run failed\n")
+    run.update_status(state="failed", phase="failed", error="Training failed: ValueError: boom")
+    at = open_app_page("pages/4_training.py", watch_run=run.id)
+    shown = "\n".join(c.value for c in at.code)
+    assert "extracting features" in shown and "the run failed" in shown
+    assert "Traceback" not in shown and "/srv/app" not in shown

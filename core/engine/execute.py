@@ -95,16 +95,18 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
         return run.update_status(state="stopped", phase="stopped", finished_at=time.time(),
                                  message="stopped before any training epoch; no model was saved")
     except Exception as exc:  # the run's outcome is recorded whatever went wrong
-        _log_traceback()
+        _log_traceback(run)
         return run.update_status(state="failed", phase="failed", finished_at=time.time(), error=friendly_error(exc))
 
 
-def _log_traceback() -> None:
-    """The traceback goes to the run's log (for whoever debugs it; pages never show it). On a full disk the log
+def _log_traceback(run: Run) -> None:
+    """The traceback goes to the run's log.txt only (for whoever debugs it): never to a terminal, where the command
+    line prints one line, nor to a page (the Training page's log leaves tracebacks out). On a full disk the log
     cannot take it, and that must not stop the run's failure being recorded."""
     try:
-        traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()
+        with open(run.log_path, "a", encoding="utf-8") as log:
+            traceback.print_exc(file=log)
     except OSError:
         pass
 
@@ -125,7 +127,7 @@ def write_run_model(run: Run) -> RunStatus:
         write_model_file(run)
         return run.update_status(model_file="ready", model_error=None, model_written_at=time.time())
     except Exception as exc:
-        _log_traceback()
+        _log_traceback(run)
         run.remove_temp_files()
         reason = ("The disk is full: free some space, then write the model file again. The run's results are kept."
                   if isinstance(exc, OSError) and exc.errno == 28 else friendly_error(exc))
