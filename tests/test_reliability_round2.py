@@ -446,3 +446,46 @@ def test_technical_log_on_the_training_page_shows_no_traceback(workspace, tiny_d
     shown = "\n".join(c.value for c in at.code)
     assert "extracting features" in shown and "the run failed" in shown
     assert "Traceback" not in shown and "/srv/app" not in shown
+
+
+# ------------------------------------------------------------------------------- 5. many-page TIFFs
+
+
+def test_a_many_page_tiff_is_read_from_its_first_page_without_walking_the_others(tmp_path, monkeypatch):
+    from PIL import TiffImagePlugin
+
+    from core import images
+
+    path = tmp_path / "pages.tif"
+    first = Image.new("RGB", (16, 12), (200, 30, 30))
+    first.save(path, save_all=True, append_images=[Image.new("RGB", (16, 12), (0, 0, 200))] * 2000)
+    seeks: list[int] = []
+    real_seek = TiffImagePlugin.TiffImageFile._seek
+
+    def counting_seek(self, frame):
+        seeks.append(frame)
+        return real_seek(self, frame)
+
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_seek", counting_seek)
+    rgb = images.load_rgb(path)
+    assert rgb.shape == (12, 16, 3) and tuple(rgb[0, 0]) == (200, 30, 30)
+    assert images.check_image(path) is None
+    images.thumbnail(path, 8)
+    assert max(seeks, default=0) == 0  # no page past the first was visited (counting pages visits them all)
+
+
+# ------------------------------------------------------------------------------- 10. smaller
+
+
+def test_a_zip_entry_whose_path_is_too_long_is_left_out_not_the_zip(tmp_path):
+    from core.datasets import safe_extract_zip
+
+    deep = "/".join(["d" * 200] * 40)  # each part is a legal name; the whole path is over PATH_MAX (4096)
+    path = tmp_path / "long.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("red/ok.png", png_bytes())
+        archive.writestr(f"red/{deep}/far.png", png_bytes())
+        archive.writestr(f"red/{'n' * 300}.png", png_bytes())  # one name over NAME_MAX (255)
+    notes = safe_extract_zip(path, tmp_path / "out")
+    assert (tmp_path / "out" / "red" / "ok.png").exists()
+    assert any("too long" in note for note in notes), notes

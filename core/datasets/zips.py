@@ -101,6 +101,13 @@ def _replace_folder(new: Path, dest: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
+def _path_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 4096
+
+
 def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, dest: Path) -> str | None:
     name = member.filename.replace("\\", "/")
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -120,16 +127,27 @@ def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, dest: Pat
     if member.compress_size and member.file_size / member.compress_size > MAX_ZIP_RATIO:
         return f"{member.filename}: compression ratio too high (zip bomb?), left out"
     target = dest.joinpath(*[safe_name(p) or "_" for p in parts])
+    too_long = f"{member.filename[:80]}…: its path is too long for this system, left out"
+    if len(os.fsencode(target)) >= _path_max(dest):
+        return too_long
     note = None
     if target.exists():  # a repeated entry, or names that differ only in characters safe_name replaced
         target = free_name(target)
         note = f"{member.filename}: another entry has the same name; kept as {target.name}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:  # a file entry and a folder entry with one name ("a" and "a/b.jpg")
+    except OSError as exc:  # a file entry and a folder entry with one name ("a" and "a/b.jpg")
+        if exc.errno == errno.ENAMETOOLONG:
+            return too_long
         return f"{member.filename}: its folder has the name of a file in the zip, left out"
     try:
-        with archive.open(member) as src, open(target, "wb") as out:
+        out = open(target, "wb")
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return too_long
+        raise
+    try:
+        with archive.open(member) as src, out:
             # Copy with a running byte count: the header's file_size can lie.
             written = 0
             for chunk in iter(lambda: src.read(1 << 20), b""):
