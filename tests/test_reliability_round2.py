@@ -489,3 +489,38 @@ def test_a_zip_entry_whose_path_is_too_long_is_left_out_not_the_zip(tmp_path):
     notes = safe_extract_zip(path, tmp_path / "out")
     assert (tmp_path / "out" / "red" / "ok.png").exists()
     assert any("too long" in note for note in notes), notes
+
+
+# ------------------------------------------------------------------------------- 4. large PNG/TIFF memory
+
+_PNG_PEAK_PROBE = """
+import json, resource, sys
+from core import images
+from core.tfenv import tf
+images.load_resized(sys.argv[2], 224)  # TensorFlow's own buffers are not the image's
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = images.load_resized(sys.argv[1], 224)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_mb": (after - before) / 1024, "shape": list(out.shape),
+                  "left": out[112, 20].tolist(), "right": out[112, 200].tolist()}))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_a_100_megapixel_png_or_tiff_is_resized_in_bounded_memory(tmp_path, project_root, fmt):
+    big = tmp_path / f"huge.{fmt.lower()}"
+    image = Image.new("RGB", (10_000, 10_000), (220, 30, 30))
+    image.paste((30, 30, 220), (5_000, 0, 10_000, 10_000))
+    image.save(big, fmt, **({"compression": "tiff_deflate"} if fmt == "TIFF" else {}))
+    del image
+    small = tmp_path / "small.png"
+    Image.new("RGB", (300, 300), (1, 2, 3)).save(small)
+    probe = subprocess.run([sys.executable, "-c", _PNG_PEAK_PROBE, str(big), str(small)], cwd=project_root,
+                           capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    print(f"10,000×10,000 {fmt}: peak memory growth {result['growth_mb']:.0f} MB")
+    assert result["shape"] == [224, 224, 3]
+    assert result["left"][0] > 180 > result["left"][2] and result["right"][2] > 180 > result["right"][0]
+    # The decoded RGB image is 300 MB; before, a float32 copy of it (1.2 GB) and the resize's buffers came on top.
+    assert result["growth_mb"] < 450, result
