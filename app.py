@@ -16,6 +16,7 @@ from core.backbones import get_backbone
 from core.engine import keep_engine_running
 from core.errors import FewShotError
 from core.runs import active_runs, run_title
+from core.workspace import disk_full_message
 from ui.common import dataset_label, md
 from ui.frame import enter_frame
 from ui.layout import frame_css
@@ -61,11 +62,18 @@ with st.sidebar:
 
     @st.fragment(run_every="2s")
     def running_trainings() -> None:
+        full = disk_full_message()
+        if full:
+            st.error(full, icon=":material/hard_drive:")
         try:
             keep_engine_running()
-        except (FewShotError, OSError) as exc:  # a worker that cannot start, a full disk: say so, keep the page
+        except (FewShotError, OSError) as exc:  # a worker that cannot start: say so, keep the page
             st.error(str(exc))
-        runs = active_runs()
+        try:
+            runs = active_runs()
+        except OSError as exc:  # a full or read-only workspace must not take every page down
+            st.caption(f"Trainings cannot be listed: {exc.strerror or exc}.")
+            return
         if not runs:
             st.caption("No training running.")
             return

@@ -11,9 +11,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from core.backbones import DEFAULT_BACKBONE
@@ -117,13 +120,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from core.backbones import get_backbone
     from core.datasets import scan_dataset
     from core.engine import execute_run
-    from core.runs import create_run
+    from core.runs import check_finetune_source, create_run
 
     cfg = _train_config(args)
     if cfg.mode != "scratch":
         get_backbone(cfg.backbone)  # fail before creating anything
-    scan_dataset(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, check_images=False)  # same: fail early
-    run = create_run(cfg, args.out)
+    dataset = scan_dataset(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, check_images=False)  # same
+    if cfg.from_run:
+        check_finetune_source(cfg.from_run, cfg, dataset.classes)  # same: a bad --from makes no run folder
+    run = create_run(cfg, args.out, pid=os.getpid(), executor="in-process")
     print(f"run folder: {run.path}", file=sys.stderr)
     status = execute_run(run, terminal=sys.stderr)
     if status.state == "failed":
@@ -205,12 +210,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.model_file:
         from core.engine import write_run_model
 
+        if run.config().mode == "scratch":
+            raise CliError(f"{run.id} is a scratch run: its model.keras is written by the training itself, there "
+                           f"is no head to build it again from.")
         status = write_run_model(run)
         if status.model_file != "ready":
             raise CliError(f"model.keras could not be written: {status.model_error}")
         print(run.model_path)
         return 0
-    check = export_format(run, args.format)
+    with _stdout_to_stderr():  # the converter prints its own messages: stdout stays the path alone
+        check = export_format(run, args.format)
     print(run.file(check["file"]))
     print(export_summary(check), file=sys.stderr)
     return 0
@@ -224,6 +233,21 @@ def export_summary(check: dict) -> str:
     return (f"{check['file']}: {size}; on {check['n_images']} validation photos: same answer as the app on "
             f"{check['same_top1']:.1%}, largest probability difference {check['max_abs_diff']:.2e}, accuracy "
             f"{check['accuracy']:.1%} (app {check['app_accuracy']:.1%})")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send this process's stdout to stderr for a while, Python's and the C++ libraries' (file descriptor 1)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -61,7 +61,9 @@ def confusion_figure(matrix: list[list[int]], classes: list[str]) -> go.Figure:
                     labels={"x": "predicted", "y": "true", "color": "images"}, aspect="auto")
     fig.update_layout(height=120 + 45 * len(classes), margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       coloraxis_showscale=False)
-    fig.update_xaxes(side="top")
+    # Class names are text: without this, plotly puts names like "01", "1", "1e3" on a numeric axis.
+    fig.update_xaxes(side="top", type="category")
+    fig.update_yaxes(type="category")
     return fig
 
 
@@ -72,4 +74,5 @@ def class_counts_figure(counts: pd.DataFrame) -> go.Figure:
     fig = px.bar(long, x="class", y="images", color="split", barmode="stack",
                  color_discrete_map={"train": TRAIN_COLOR, "val": VAL_COLOR, "test": "#2ca02c"})
     fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 10, "b": 10}, legend={"orientation": "h"})
+    fig.update_xaxes(type="category")  # class names are text, even "01" or "1e3"
     return fig

@@ -59,6 +59,7 @@ class TrainConfig:
             (0.0 <= self.val_split < 1.0, "val_split", "in [0, 1)"),
             (0.0 <= self.test_split < 1.0 and self.val_split + self.test_split < 1.0, "test_split",
              "in [0, 1), with val_split + test_split < 1"),
+            (isinstance(self.seed, int) and 0 <= self.seed < 2**32, "seed", "a whole number 0..4294967295"),
             (1 <= self.epochs <= 1000, "epochs", "1..1000"),
             (0 <= self.finetune_epochs <= 1000, "finetune_epochs", "0..1000"),
             (1 <= self.batch_size <= 1024, "batch_size", "1..1024"),

@@ -35,6 +35,14 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def temp_folder(parent: str | Path, prefix: str) -> Path:
+    """A new folder of its own under `parent` (never shared with another caller), with the permissions a plain
+    mkdir would give it (mkdtemp makes 0700), so it can be renamed into place as a normal folder."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~_UMASK)
+    return path
+
+
 def remove_temp_files(folder: str | Path) -> int:
     """Delete the temporary files `atomic_path` left under `folder` when its writer was killed (kill -9, power
     loss) between creating and renaming them. Call it only where no writer is active. Returns how many."""
@@ -57,6 +65,25 @@ def atomic_write_text(target: str | Path, text: str) -> None:
 
 def atomic_write_json(target: str | Path, data: object) -> None:
     atomic_write_text(target, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def overwrite_in_place(target: str | Path, data: bytes) -> bool:
+    """Rewrite a small file in the space it already holds, for when nothing new can be allocated (a full disk): no
+    temporary file, so not atomic: a crash mid-write can leave it torn, which its readers must tolerate. Returns
+    False, writing nothing, when `data` does not fit in the file's allocated blocks."""
+    target = Path(target)
+    try:
+        allocated = target.stat().st_blocks * 512
+    except OSError:
+        return False
+    if len(data) > allocated:
+        return False
+    with open(target, "r+b") as fh:
+        fh.write(data)
+        fh.truncate(len(data))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
 
 
 def read_json(path: str | Path, default: object = None) -> object:

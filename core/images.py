@@ -72,11 +72,23 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def _reduced(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Formats without reduced decoding (PNG, TIFF, WebP…) are shrunk here by an integer factor, in uint8 (a box
+    filter), to at least `max_side` on the shorter side: the model's resize then works on a small image instead of
+    a float32 copy of the whole one (1.2 GB for 100 megapixels). Only images at least twice `max_side` are
+    touched, so the model's antialiased resize still sees at least twice the pixels it keeps."""
+    if not max_side:
+        return img
+    factor = min(img.size) // max_side
+    return img.reduce(factor) if factor >= 2 else img
+
+
 def open_image(path: str | Path, max_side: int | None = None) -> Image.Image:
     """Decode `path` to an RGB PIL image with EXIF orientation applied.
 
     `max_side` lets JPEG decode at a reduced scale (DCT scaling): a 10,000-pixel photo then costs a fraction of
-    the memory and time. The result is at least `max_side` on its shorter side whenever the original was.
+    the memory and time; other formats are decoded whole and then reduced in uint8 (`_reduced`). The result is
+    at least `max_side` on its shorter side whenever the original was.
     """
     path = Path(path)
     try:
@@ -87,13 +99,17 @@ def open_image(path: str | Path, max_side: int | None = None) -> Image.Image:
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise ImageError(f"image too large ({img.width}×{img.height} pixels)")
-                if getattr(img, "n_frames", 1) > 1:
-                    img.seek(0)  # animated GIF/WebP/TIFF: the first frame
+                # An animated GIF/WebP or a multi-page TIFF opens at its first frame, which is the one used. Never
+                # ask for n_frames: a TIFF counts its pages by walking them all (100,000 pages in 10 MB: 39 s).
                 if max_side and img.format == "JPEG":
                     img.draft("RGB", (max_side, max_side))
                 img.load()
-                oriented = ImageOps.exif_transpose(img)
-                return _to_rgb(oriented if oriented is not None else img)
+                # In place: without an orientation to apply, exif_transpose would return a whole copy (300 MB at
+                # 100 megapixels).
+                fmt = img.format
+                ImageOps.exif_transpose(img, in_place=True)
+                rgb = _to_rgb(img)
+                return rgb if fmt == "JPEG" else _reduced(rgb, max_side)  # JPEG: reduced while decoding already
     except ImageError:
         raise
     except UnidentifiedImageError:

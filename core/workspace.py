@@ -57,6 +57,24 @@ def imports_dir() -> Path:
     return _subdir("cache/imports")
 
 
+LOW_DISK_BYTES = 32 * 1024**2  # below this a model (~20 MB) or a few uploads no longer fit
+
+
+def disk_full_message() -> str | None:
+    """What to tell a user when the workspace's disk is (nearly) full, else None. Only reads: it works on a full
+    disk, which is when it is needed."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(workspace_root()).free
+    except OSError:
+        return None
+    if free >= LOW_DISK_BYTES:
+        return None
+    return (f"The disk holding the workspace is full ({free / 1024**2:.0f} MB free): trainings, uploads and label "
+            f"changes will fail. Delete runs (Runs page) or datasets, or free space on the disk.")
+
+
 def allowed_roots() -> list[Path]:
     """Folders the dataset picker may read: the workspace's datasets and the built-in demo."""
     return [datasets_dir(), DEMO_DATASET.resolve()]

@@ -22,7 +22,7 @@ from core.runs import (
     run_dataset_title,
     run_title,
 )
-from ui.common import current_dataset, dataset_label, md
+from ui.common import current_dataset, dataset_label, md, warn_if_disk_full
 from ui.frame import require_frame
 from ui.state import augment_config, dataset_path, init_state, set_run
 
@@ -30,6 +30,7 @@ require_frame(__file__)
 
 init_state()
 st.title("Training")
+warn_if_disk_full()
 st.caption("Your photos stay on this machine. Training runs in the background: you can change pages, reload or "
            "close the tab — it keeps going, and this page finds it again.")
 
@@ -188,7 +189,7 @@ def live_view(run: Run, polling: bool) -> None:
     elif state == "failed":
         st.error(status.error or "The training failed.")
         with st.expander("Technical log"):
-            st.code(run.log_tail(), language=None)
+            st.code(run.log_tail(tracebacks=False), language=None)
     else:
         metrics = run.metrics() or {}
         c1, c2, c3, c4 = st.columns(4)

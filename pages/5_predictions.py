@@ -77,6 +77,9 @@ if st.session_state.get("pred_filters_run") != run_id:  # another run: its own p
         st.session_state.pop(key, None)
 metrics = run.metrics() or {}
 config = run.config_dict()
+if run.damaged():
+    st.warning(f"Some files of this run are damaged and cannot be read: {md(', '.join(run.damaged()))}. What is "
+               f"readable is shown below; the Runs page can delete it.")
 classes = metrics.get("classes") or run.labels()
 train = config.get("train", {})
 st.caption(f"Run `{md(run.id)}` · dataset **{md(dataset_label(train.get('data', '?')))}** · "

@@ -6,13 +6,14 @@ import streamlit as st
 from core.charts import overlay_figure
 from core.errors import FewShotError
 from core.runs import ACTIVE_STATES, RunError, delete_run, get_run, retrained_from, runs_table
-from ui.common import md
+from ui.common import md, warn_if_disk_full
 from ui.frame import require_frame
 from ui.state import init_state, set_run
 
 require_frame(__file__)
 init_state()
 st.title("Runs")
+warn_if_disk_full()
 st.caption("Every training you started, newest first. Tick runs in the table to compare their learning curves, "
            "for example training from scratch against pretrained features on the same photos.")
 
@@ -77,7 +78,7 @@ event = st.dataframe(
     table, key=TABLE_KEY, on_select="rerun", selection_mode="multi-row", hide_index=True,
     # What tells runs apart first (a narrow window shows the first columns); the folder id last.
     column_order=["title", "dataset", "val_accuracy", "mode", "status", "date", "seconds", "test_accuracy",
-                  "backbone", "run"],
+                  "backbone", "run"] + (["damaged"] if table["damaged"].any() else []),
     column_config={
         "title": st.column_config.TextColumn("name", pinned=True,
                                              help="The name given at Start, else mode · dataset · time."),
@@ -94,6 +95,8 @@ event = st.dataframe(
             help="The same on the test photos (only when a test split was kept aside)."),
         "seconds": st.column_config.NumberColumn("duration", format="%.0f s", help="Wall-clock time of the run."),
         "status": st.column_config.TextColumn("status"),
+        "damaged": st.column_config.TextColumn("damaged files", help="Files of the run that cannot be read "
+                                               "(truncated, overwritten): what is readable is shown; delete it."),
     })
 selected_rows = [i for i in event.selection.rows if 0 <= i < len(table)]
 selected = table.iloc[selected_rows]
@@ -173,6 +176,10 @@ for _, row in selected.iterrows():
             y.button("Yes, delete it", key=f"runs_delete_yes_{run_id}", type="primary", on_click=do_delete,
                      args=(run_id,))
             n.button("Cancel", key=f"runs_delete_no_{run_id}", on_click=ask_delete, args=(None,))
+        damaged = run.damaged()
+        if damaged:
+            st.warning(f"Damaged: {md(', '.join(damaged))} cannot be read. What is readable is shown; you can "
+                       f"delete the run.")
         status = run.status()
         if status.error:
             st.error(f"This run failed: {md(status.error)}")

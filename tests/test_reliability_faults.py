@@ -49,7 +49,7 @@ def assert_cache_sound(ws: Path, temp_files_allowed: bool = False) -> None:
 
 
 def leftovers(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith(".partial")]
+    return [p for p in folder.rglob("*") if ".tmp" in p.name or ".partial" in p.name]
 
 
 def finished(run) -> dict | None:

@@ -254,3 +254,40 @@ def test_label_page_does_not_copy_a_folder_outside_the_roots(workspace, walked, 
     assert "outside the folders" in " ".join(e.value for e in at.error)
     assert list(datasets_dir().iterdir()) == [] and at.session_state["dataset"] == "/etc"
     assert not [top for top in walked if top.startswith("/etc")], walked
+
+
+# ---------------------------------------------------------------------------------------------- DNS rebinding
+
+
+def websocket_upgrade(port: int, host: str, origin: str | None = None) -> int:
+    """A raw WebSocket handshake on /_stcore/stream with this Host (and Origin): the HTTP status it gets."""
+    headers = {"Host": host, "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Protocol": "streamlit"}
+    if origin:
+        headers["Origin"] = origin
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.putrequest("GET", "/_stcore/stream", skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_websocket_is_refused_for_a_foreign_host_header(server):
+    """DNS rebinding: a page on evil.example whose name is made to resolve to 127.0.0.1 sends its own Host and
+    Origin. The app has no log-in, so such a page must not get a session."""
+    port, _ = server
+    assert websocket_upgrade(port, f"127.0.0.1:{port}", f"http://127.0.0.1:{port}") == 101
+    assert websocket_upgrade(port, f"localhost:{port}", f"http://localhost:{port}") == 101
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", f"localhost.:{port}x"):
+        assert websocket_upgrade(port, host, f"http://{host}") != 101, host
+        assert websocket_upgrade(port, host) != 101, host
+
+
+def test_allowed_hosts_are_set_and_documented(config_toml, project_root):
+    server = tomllib.loads(config_toml.read_text())["server"]
+    assert set(server["allowedHosts"]) == {"localhost", "127.0.0.1", "::1"}
+    assert "allowedHosts" in (project_root / "README.md").read_text()

@@ -9,9 +9,17 @@ import streamlit as st
 
 from core import images
 from core.datasets import Dataset, DatasetError, scan_dataset
-from core.workspace import PathError, ensure_allowed
+from core.workspace import PathError, disk_full_message, ensure_allowed
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
+
+
+def warn_if_disk_full() -> None:
+    """On pages where a full disk makes the next click fail (start a training) or where space is freed (delete
+    runs): say so first."""
+    message = disk_full_message()
+    if message:
+        st.error(message, icon=":material/hard_drive:")
 
 
 def md(text: object) -> str:

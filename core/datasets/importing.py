@@ -5,6 +5,8 @@ atomically and checked to be a readable image before it counts.
 """
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -105,17 +107,24 @@ def import_zip(zip_file: Path, name: str) -> tuple[Path, list[str]]:
     target = datasets_dir() / dataset_name(name)
     if target.exists():
         raise DatasetError(f"a dataset named {target.name!r} already exists; choose another name.")
-    staging = datasets_dir() / f".import-{target.name}"
-    notes = safe_extract_zip(Path(zip_file), staging)
+    # A private staging folder per import: two sessions importing one zip under one name never share it.
+    staging = fsutil.temp_folder(datasets_dir(), f".import-{target.name}-")
     try:
-        root = find_dataset_root(staging)
+        notes = safe_extract_zip(Path(zip_file), staging / "unpacked")
+        root = find_dataset_root(staging / "unpacked")
         if next(iter_image_files(root), None) is None:
             raise DatasetError("the zip holds no images (.jpg, .png, .webp, …): put each class's images in a folder "
                                "named after the class (cats/…, dogs/…) and zip those folders.")
         if not any(p.is_dir() for p in root.iterdir()):
             raise DatasetError("the zip holds no folders: put each class's images in a folder named after the "
                                "class (cats/…, dogs/…) and zip those folders.")
-        shutil.move(str(root), str(target))
+        try:
+            # One rename: a name another import took meanwhile is refused, never merged into.
+            os.rename(root, target)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise DatasetError(f"a dataset named {target.name!r} already exists; choose another name.") from None
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target, notes

@@ -97,8 +97,20 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
         return run.update_status(state="stopped", phase="stopped", finished_at=time.time(),
                                  message="stopped before any training epoch; no model was saved")
     except Exception as exc:  # the run's outcome is recorded whatever went wrong
-        traceback.print_exc(file=sys.stderr)
+        _log_traceback(run)
         return run.update_status(state="failed", phase="failed", finished_at=time.time(), error=friendly_error(exc))
+
+
+def _log_traceback(run: Run) -> None:
+    """The traceback goes to the run's log.txt only (for whoever debugs it): never to a terminal, where the command
+    line prints one line, nor to a page (the Training page's log leaves tracebacks out). On a full disk the log
+    cannot take it, and that must not stop the run's failure being recorded."""
+    try:
+        sys.stderr.flush()
+        with open(run.log_path, "a", encoding="utf-8") as log:
+            traceback.print_exc(file=log)
+    except OSError:
+        pass
 
 
 def _after_results(run: Run, model_pending: bool, verify) -> None:
@@ -117,7 +129,7 @@ def write_run_model(run: Run) -> RunStatus:
         write_model_file(run)
         return run.update_status(model_file="ready", model_error=None, model_written_at=time.time())
     except Exception as exc:
-        traceback.print_exc(file=sys.stderr)
+        _log_traceback(run)
         run.remove_temp_files()
         reason = ("The disk is full: free some space, then write the model file again. The run's results are kept."
                   if isinstance(exc, OSError) and exc.errno == 28 else friendly_error(exc))

@@ -20,6 +20,8 @@ reader depends on a write succeeding (a full disk must not take the pages down).
 """
 from __future__ import annotations
 
+import errno
+import json
 import os
 import sys
 import time
@@ -33,11 +35,43 @@ import pandas as pd
 
 from core import fsutil
 from core.config import TrainConfig
+from core.errors import FewShotError
 from core.runs.process import process_alive
 from core.runs.status import FIELD_NAMES, RunStatus
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "stage", "lr", "seconds"]
 TEXT_COLUMNS = ("path", "split", "label", "predicted")  # a class named "1" or "01" stays that text
+
+
+TRACEBACK_START = ("Traceback (most recent call last):", "During handling of the above exception",
+                   "The above exception was the direct cause")
+
+
+def without_tracebacks(text: str) -> str:
+    """`text` with each Python traceback (its header, its indented frames and the exception line that ends it)
+    replaced by one line saying the details stay in log.txt on the server."""
+    out: list[str] = []
+    in_traceback = False
+    for line in text.splitlines():
+        if line.startswith(TRACEBACK_START):
+            if not in_traceback and (not out or out[-1] != TRACEBACK_NOTE):
+                out.append(TRACEBACK_NOTE)
+            in_traceback = True
+            continue
+        if in_traceback:
+            if line.startswith((" ", "\t")) or not line.strip():
+                continue  # a frame, its code line, its ^^^^ markers
+            in_traceback = False  # the exception line ("ValueError: …") ends it, and may hold paths too
+            continue
+        out.append(line)
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+TRACEBACK_NOTE = "[technical details (a Python traceback) are in the run's log.txt on the server]"
+
+
+class DamagedRunError(FewShotError):
+    """A run whose files cannot give what is asked of them (a truncated or overwritten config.json, …)."""
 
 
 @dataclass(frozen=True)
@@ -91,19 +125,37 @@ class Run:
         return self.file(self.LOG)
 
     # -------------------------------------------------------------------------------------- reading
+    def _read(self, name: str, kind: type) -> Any:
+        """A JSON run file as `kind` (dict, list), or None if missing, damaged or of another type."""
+        data = fsutil.read_json(self.file(name), None)
+        return data if isinstance(data, kind) else None
+
     def config_dict(self) -> dict:
-        return fsutil.read_json(self.file(self.CONFIG), {}) or {}
+        """config.json as a dict whose `train` is a dict; {} (with an empty `train`) when it is damaged."""
+        data = dict(self._read(self.CONFIG, dict) or {})
+        if not isinstance(data.get("train"), dict):
+            data["train"] = {}
+        if not isinstance(data.get("created_at"), (int, float)):
+            data.pop("created_at", None)
+        if not isinstance(data.get("name", ""), str):
+            data["name"] = str(data["name"])
+        return data
 
     def config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.config_dict()["train"])
+        """The run's settings; raises DamagedRunError when config.json cannot give them."""
+        try:
+            return TrainConfig.from_dict(self.config_dict()["train"])
+        except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
+            raise DamagedRunError(f"run {self.id}: its config.json is damaged ({exc}), so its settings cannot be "
+                                  f"used. Delete the run or start a new training.") from None
 
     def name(self) -> str:
         return self.config_dict().get("name", "") or ""
 
     def read_status(self) -> RunStatus:
         """status.json as it is on disk, without the liveness check."""
-        data = fsutil.read_json(self.file(self.STATUS), None)
-        if not isinstance(data, dict):
+        data = self._read(self.STATUS, dict)
+        if data is None:
             return RunStatus(state="failed", phase="failed", error="status.json is missing or damaged")
         return RunStatus.from_dict(data)
 
@@ -138,23 +190,51 @@ class Run:
         """The run's process should still be at work on it (training, or writing its model file) but is gone."""
         return status.busy and bool(status.pid) and not process_alive(status.pid, status.pid_start)
 
-    def history(self) -> pd.DataFrame:
+    def _read_history(self) -> pd.DataFrame | None:
+        """history.csv with its columns, None when it is damaged (not UTF-8, not our columns)."""
         path = self.file(self.HISTORY)
-        if not path.exists() or path.stat().st_size == 0:
-            return pd.DataFrame(columns=HISTORY_COLUMNS)
         try:
-            return pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError):
-            return pd.DataFrame(columns=HISTORY_COLUMNS)
+            if not path.exists() or path.stat().st_size == 0:
+                return pd.DataFrame(columns=HISTORY_COLUMNS)
+            frame = pd.read_csv(path, encoding="utf-8")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError):  # ValueError: not UTF-8
+            return None
+        if not set(HISTORY_COLUMNS) - {"lr", "seconds"} <= set(frame.columns):
+            return None
+        for column in HISTORY_COLUMNS:
+            if column == "stage":
+                frame[column] = frame[column].astype(str) if column in frame else ""
+            else:  # a torn last line leaves text in a number column: not a number, not a crash
+                frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else float("nan")
+        return frame
+
+    def history(self) -> pd.DataFrame:
+        frame = self._read_history()
+        return frame if frame is not None else pd.DataFrame(columns=HISTORY_COLUMNS)
 
     def metrics(self) -> dict | None:
-        return fsutil.read_json(self.file(self.METRICS), None)
+        return self._read(self.METRICS, dict)
 
     def labels(self) -> list[str]:
-        return fsutil.read_json(self.file(self.LABELS), []) or []
+        """Class names, in the model's output order: always text."""
+        return [str(name) for name in self._read(self.LABELS, list) or []]
 
     def split(self) -> dict | None:
-        return fsutil.read_json(self.file(self.SPLIT), None)
+        return self._read(self.SPLIT, dict)
+
+    # The files a reader checks, with the type each must hold.
+    _JSON_KINDS = ((CONFIG, dict), (STATUS, dict), (METRICS, dict), (LABELS, list), (SPLIT, dict))
+
+    def damaged(self) -> list[str]:
+        """The run's files that are there but cannot be read as what they should hold (truncated, not UTF-8, JSON
+        of another type): the pages show what is readable and say which files are not."""
+        out = [name for name, kind in self._JSON_KINDS if self.file(name).exists() and self._read(name, kind) is None]
+        labels = self._read(self.LABELS, list)
+        if labels is not None and not all(isinstance(name, str) for name in labels):
+            out.append(self.LABELS)  # class names are written as text: numbers here were put by something else
+        if self._read_history() is None:
+            out.append(self.HISTORY)
+        return out
 
     def split_paths(self, split: str) -> list[Path]:
         """The files of one split ("train", "val", "test") as split.json lists them (some may be gone since)."""
@@ -200,14 +280,17 @@ class Run:
         state = self.status().model_file
         return state if state in ("writing", "failed") else "none"
 
-    def log_tail(self, n_chars: int = 4000) -> str:
+    def log_tail(self, n_chars: int = 4000, tracebacks: bool = True) -> str:
+        """The end of log.txt. `tracebacks=False` (what pages show): Python tracebacks, with the server's paths
+        and code, are replaced by one line; the run's error says what went wrong in words."""
         try:
             with open(self.log_path, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
                 fh.seek(max(0, fh.tell() - n_chars))
-                return fh.read().decode("utf-8", "replace")
+                text = fh.read().decode("utf-8", "replace")
         except OSError:
             return ""
+        return text if tracebacks else without_tracebacks(text)
 
     # -------------------------------------------------------------------------------------- writing
     def write_config(self, config: TrainConfig, name: str, versions: dict[str, str], command: str) -> None:
@@ -222,7 +305,14 @@ class Run:
         data = fsutil.read_json(self.file(self.STATUS), {}) or {}
         data.update(changes)
         data["updated_at"] = time.time()
-        fsutil.atomic_write_json(self.file(self.STATUS), data)
+        try:
+            fsutil.atomic_write_json(self.file(self.STATUS), data)
+        except OSError as exc:
+            # A full disk: a run's end must still be recorded (the warm worker outlives the run, so no liveness
+            # check would ever fail it), and status.json is small enough to rewrite in the blocks it holds.
+            text = json.dumps(data, indent=2, default=str) + "\n"
+            if exc.errno != errno.ENOSPC or not fsutil.overwrite_in_place(self.file(self.STATUS), text.encode()):
+                raise
         return RunStatus.from_dict(data)
 
     def request_stop(self) -> None:

@@ -13,6 +13,7 @@ import pandas as pd
 from core.config import TrainConfig
 from core.errors import FewShotError
 from core.runs.folder import Run
+from core.runs.process import process_start_time
 from core.runs.status import ACTIVE_STATES
 from core.workspace import runs_dir
 
@@ -39,18 +40,48 @@ def new_run_id(mode: str) -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{mode}-{secrets.token_hex(2)}"
 
 
-def create_run(config: TrainConfig, out: str | Path | None = None, name: str = "") -> Run:
+def create_run(config: TrainConfig, out: str | Path | None = None, name: str = "", pid: int | None = None,
+               executor: str | None = None) -> Run:
     """Make the run folder with its config and a 'queued' status. `out` defaults to a new folder under runs/.
-    Its creation time is the click every shown duration is measured from."""
+    Its creation time is the click every shown duration is measured from.
+
+    `pid`: the process that will execute it, when it is already known (the command line executes in-process).
+    Recorded in the first status, so a kill at any moment after creation leaves the run failed, not 'queued'
+    forever."""
     path = Path(out) if out else runs_dir() / new_run_id(config.mode)
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise RunError(f"{path} cannot be a run folder: {blocking} is a file, not a folder; choose another --out.")
     if path.exists() and any(path.iterdir()):
         raise RunError(f"{path} already exists and is not empty; choose another --out folder.")
     path.mkdir(parents=True, exist_ok=True)
     run = Run(path.resolve())
     run.write_config(config, name, library_versions(), command="python -m core run " + str(run.path))
     now = time.time()
-    run.update_status(state="queued", phase="queued", progress=0.0, created_at=now)
+    process = dict(pid=pid, pid_start=process_start_time(pid), executor=executor) if pid else {}
+    run.update_status(state="queued", phase="queued", progress=0.0, created_at=now, **process)
     return run
+
+
+def check_finetune_source(source_path: str | Path, config: TrainConfig, classes: list[str]) -> Run:
+    """The run a finetune starts from (`--from`), checked to have a head that fits: before any run folder is made
+    (the command line) and again when the training loads it. Raises RunError saying what is wrong."""
+    source = get_run(source_path)
+    try:
+        src_cfg = source.config()
+    except FewShotError as exc:
+        raise RunError(f"--from {source.id}: {exc}") from None
+    if src_cfg.mode == "scratch":
+        raise RunError(f"--from {source.id}: a scratch run has no head to fine-tune; use a bottleneck run.")
+    if src_cfg.backbone != config.backbone:
+        raise RunError(f"--from {source.id} used backbone {src_cfg.backbone}, not {config.backbone}.")
+    if not source.has_head():
+        raise RunError(f"--from {source.id} has no trained head ({Run.HEAD}): it did not finish "
+                       f"({source.read_status().state}). Use a finished bottleneck run.")
+    if source.labels() != list(classes):
+        raise RunError(f"--from {source.id} was trained on classes {source.labels()}, this dataset has "
+                       f"{list(classes)}. Train a bottleneck run on this dataset first.")
+    return source
 
 
 def list_runs(root: str | Path | None = None) -> list[Run]:
@@ -70,7 +101,7 @@ def runs_table(root: str | Path | None = None) -> pd.DataFrame:
     now = time.time()
     for run in list_runs(root):
         cfg = run.config_dict()
-        train = cfg.get("train", {})
+        train = cfg["train"]
         status = run.status()
         metrics = run.metrics() or {}
         if status.created_at is None:  # older runs: the config's creation time is the click too
@@ -88,9 +119,10 @@ def runs_table(root: str | Path | None = None) -> pd.DataFrame:
             "seconds": round(seconds, 1) if seconds is not None else None,
             "status": status.state,
             "date": datetime.fromtimestamp(cfg.get("created_at", 0)).strftime("%Y-%m-%d %H:%M"),
+            "damaged": ", ".join(run.damaged()),
         })
     return pd.DataFrame(rows, columns=["run", "name", "title", "dataset", "mode", "backbone", "val_accuracy",
-                                       "test_accuracy", "seconds", "status", "date"])
+                                       "test_accuracy", "seconds", "status", "date", "damaged"])
 
 
 def active_runs(root: str | Path | None = None) -> list[Run]:

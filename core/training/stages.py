@@ -21,7 +21,7 @@ from core.errors import FewShotError
 from core.features import extract_features
 from core.models import build_head, build_image_classifier, build_scratch_body, loss_for, with_augmentation
 from core.reporting import Reporter
-from core.runs import Run, get_run
+from core.runs import Run, check_finetune_source
 from core.tfenv import keras
 from core.training.data import SPLIT_NAMES, SplitData, class_weights
 from core.training.finetune_cached import finetune_on_activations
@@ -123,17 +123,7 @@ def saved_head(run: Run, n_classes: int) -> keras.Model:
 
 def load_head_from_run(source_path, cfg: TrainConfig, classes: list[str]) -> keras.Model:
     """The trained head of a finished bottleneck (or finetune) run, checked to fit this run."""
-    source = get_run(source_path)
-    src_cfg = source.config()
-    if src_cfg.mode == "scratch":
-        raise TrainingError(f"--from {source.id}: a scratch run has no head to fine-tune; use a bottleneck run.")
-    if src_cfg.backbone != cfg.backbone:
-        raise TrainingError(f"--from {source.id} used backbone {src_cfg.backbone}, not {cfg.backbone}.")
-    if source.labels() != classes:
-        raise TrainingError(f"--from {source.id} was trained on classes {source.labels()}, this dataset has "
-                            f"{classes}. Retrain the bottleneck head first.")
-    if not source.has_head():
-        raise TrainingError(f"--from {source.id} has no {Run.HEAD} (did it finish?).")
+    source = check_finetune_source(source_path, cfg, classes)
     return saved_head(source, len(classes))
 
 
