@@ -39,15 +39,16 @@ def new_run_id(mode: str) -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{mode}-{secrets.token_hex(2)}"
 
 
-def create_run(config: TrainConfig, out: str | Path | None = None, name: str = "") -> Run:
+def create_run(config: TrainConfig, out: str | Path | None = None, name: str = "", story: dict | None = None) -> Run:
     """Make the run folder with its config and a 'queued' status. `out` defaults to a new folder under runs/.
-    Its creation time is the click every shown duration is measured from."""
+    Its creation time is the click every shown duration is measured from. `story` links it to the other stages
+    of a recipe story (core.story)."""
     path = Path(out) if out else runs_dir() / new_run_id(config.mode)
     if path.exists() and any(path.iterdir()):
         raise RunError(f"{path} already exists and is not empty; choose another --out folder.")
     path.mkdir(parents=True, exist_ok=True)
     run = Run(path.resolve())
-    run.write_config(config, name, library_versions(), command="python -m core run " + str(run.path))
+    run.write_config(config, name, library_versions(), command="python -m core run " + str(run.path), story=story)
     now = time.time()
     run.update_status(state="queued", phase="queued", progress=0.0, created_at=now)
     return run
