@@ -1,6 +1,8 @@
 """Plotly figures from plain data (pandas frames, lists): pure functions, testable without a browser."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -91,9 +93,14 @@ def curve_figure(rows: list[dict], enough: int | None = None, font_size: int = 1
                         fillcolor="rgba(31, 119, 180, 0.2)", name="worst to best draw", hoverinfo="skip")
         fig.add_scatter(x=frame["shots"], y=frame["mean"], mode="lines+markers+text", name="mean of the draws",
                         line={"color": TRAIN_COLOR, "width": 4}, marker={"size": 11},
-                        text=[f"{m:.0%}" for m in frame["mean"]], textposition="top center",
+                        # Labels where the story is (first, enough, all): a row of "100%" would overprint.
+                        text=[f"{m:.0%}" if k in (frame["shots"].iloc[0], enough, frame["shots"].iloc[-1])
+                              else "" for k, m in zip(frame["shots"], frame["mean"])],
+                        textposition="top center",
                         customdata=labels, hovertemplate="%{customdata} photos per class: %{y:.1%}<extra></extra>")
-        fig.update_xaxes(type="log", tickvals=frame["shots"].tolist(), ticktext=labels)
+        # A log axis's range is in log10 units; set it, or the line below can stretch the autorange.
+        fig.update_xaxes(type="log", tickvals=frame["shots"].tolist(), ticktext=labels,
+                         range=[math.log10(frame["shots"].min()) - 0.1, math.log10(frame["shots"].max()) + 0.1])
         if enough is not None:
             fig.add_vline(x=enough, line_dash="dash", line_color=VAL_COLOR, line_width=3,
                           annotation_text=f"{enough} per class is enough", annotation_position="bottom right",

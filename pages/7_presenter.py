@@ -21,9 +21,10 @@ init_state()
 # Projector type: this page's style only (the element goes with the page).
 st.markdown("""<style>
 .stMainBlockContainer p, .stMainBlockContainer li { font-size: 1.3rem; }
-.stMainBlockContainer [data-testid="stMetricValue"] { font-size: 3.4rem; font-weight: 700; }
+.stMainBlockContainer [data-testid="stMetricValue"],
+.stMainBlockContainer [data-testid="stMetricValue"] * { font-size: 3.4rem; font-weight: 700; line-height: 1.2; }
 .stMainBlockContainer [data-testid="stMetricLabel"] p { font-size: 1.4rem; }
-.stMainBlockContainer [data-testid="stMetricDelta"] { font-size: 1.3rem; }
+.stMainBlockContainer [data-testid="stMetricDelta"] * { font-size: 1.3rem; }
 .stMainBlockContainer h1 { font-size: 3rem; }
 .stMainBlockContainer button p { font-size: 1.3rem; }
 </style>""", unsafe_allow_html=True)

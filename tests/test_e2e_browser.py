@@ -247,8 +247,9 @@ def test_presenter_view_reads_on_a_projector(server, page, demo_story, output):
             assert title in body
         assert page.locator("[data-testid='stMetricValue']").count() == 3
         # Readable from the back of a room: big numbers, body text above the usual 16 px, nothing cut off sideways.
-        value_px = page.evaluate("() => parseFloat(getComputedStyle(document.querySelector("
-                                 "\"[data-testid='stMetricValue']\")).fontSize)")
+        value_px = page.evaluate("() => { let el = document.querySelector(\"[data-testid='stMetricValue']\"); "
+                                 "while (el.firstElementChild) el = el.firstElementChild; "  # what draws the digits
+                                 "return parseFloat(getComputedStyle(el).fontSize); }")
         text_px = page.evaluate("() => parseFloat(getComputedStyle(document.querySelector("
                                 "\".stMainBlockContainer [data-testid='stMarkdownContainer'] p\")).fontSize)")
         assert value_px >= 48 and text_px >= 20, (value_px, text_px)
@@ -260,6 +261,9 @@ def test_presenter_view_reads_on_a_projector(server, page, demo_story, output):
         page.get_by_role("button", name="Draw the learning curve").click()
         page.wait_for_selector("text=photos per class are enough", timeout=300_000)
         wait_idle(page)
+        page.mouse.move(0, 700)  # no button tooltip in the screenshot
+        page.evaluate("() => document.activeElement && document.activeElement.blur()")
+        page.wait_for_timeout(500)
         assert_no_exception(page)
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
         page.screenshot(path=str(output / "presenter-curve.png"))
