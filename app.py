@@ -44,6 +44,7 @@ PAGES = [
     st.Page("pages/4_training.py", title="Training", icon=":material/model_training:"),
     st.Page("pages/5_predictions.py", title="Predictions", icon=":material/grid_view:"),
     st.Page("pages/6_runs.py", title="Runs", icon=":material/history:"),
+    st.Page("pages/7_presenter.py", title="Presenter", icon=":material/co_present:"),
 ]
 page = st.navigation(PAGES)
 warm_engine_once()

@@ -6,6 +6,8 @@
     python -m core export RUN_DIR [--format F]    → RUN_DIR/model.tflite (F: tflite, tflite-int8, onnx), + its check
     python -m core export RUN_DIR --model-file    → RUN_DIR/model.keras written again from the trained head
     python -m core run RUN_DIR                    (used by the app: execute a prepared run folder)
+    python -m core curve DATA [--shots 1,2,5,10,20] [--draws 5] [--backbone NAME] [--seed N]
+                                                  → JSON: validation accuracy against photos per class
     python -m core backbones                      list the feature extractors
 """
 from __future__ import annotations
@@ -85,6 +87,18 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="execute a prepared run folder (what the app starts)")
     run.add_argument("run", metavar="RUN_DIR")
+
+    curve = sub.add_parser("curve", help="how many photos do I need? validation accuracy of heads trained on k "
+                                         "photos per class (cached features)")
+    curve.add_argument("data", nargs="?", default=str(DEMO_DATASET),
+                       help="dataset folder or .zip (default: the built-in demo dataset)")
+    curve.add_argument("--shots", default="1,2,5,10,20", help="photos per class to try, comma-separated; every "
+                       "training photo is always tried last (default 1,2,5,10,20)")
+    curve.add_argument("--draws", type=int, default=5, help="random draws of the photos per level (default 5)")
+    curve.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    curve.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    curve.add_argument("--val-split", type=float, default=0.2,
+                       help="validation share of each class (flat layout; the app's split, seed 0; default 0.2)")
 
     sub.add_parser("backbones", help="list the available feature extractors")
     return parser
@@ -258,6 +272,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if status.state in ("done", "stopped") else EXIT_FAILED
 
 
+def cmd_curve(args: argparse.Namespace) -> int:
+    from core.backbones import get_backbone
+    from core.curve import CurveSettings, dataset_curve, parse_shots
+
+    get_backbone(args.backbone)  # an unknown name fails before anything loads
+    settings = CurveSettings(shots=parse_shots(args.shots), draws=args.draws, seed=args.seed)
+    result = dataset_curve(args.data, args.backbone, settings, val_split=args.val_split)
+    json.dump(result.rows, sys.stdout, indent=2)
+    print()
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from core.backbones import list_backbones
 
@@ -269,7 +295,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
-               "run": cmd_run, "backbones": cmd_backbones}[args.command]
+               "run": cmd_run, "curve": cmd_curve, "backbones": cmd_backbones}[args.command]
     try:
         return handler(args)
     except CliError as exc:

@@ -1,6 +1,8 @@
 """Plotly figures from plain data (pandas frames, lists): pure functions, testable without a browser."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -75,4 +77,54 @@ def class_counts_figure(counts: pd.DataFrame) -> go.Figure:
                  color_discrete_map={"train": TRAIN_COLOR, "val": VAL_COLOR, "test": "#2ca02c"})
     fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 10, "b": 10}, legend={"orientation": "h"})
     fig.update_xaxes(type="category")  # class names are text, even "01" or "1e3"
+    return fig
+
+
+STAGE_COLORS = {"From scratch": "#7f7f7f", "Pretrained features": TRAIN_COLOR, "Fine-tuned": "#2ca02c"}
+
+
+def story_figure(histories: dict[str, pd.DataFrame], font_size: int = 18) -> go.Figure:
+    """The recipe's three stages on one chart: validation accuracy per epoch, each stage in its colour; large type
+    for a projector."""
+    fig = go.Figure()
+    for name, history in histories.items():
+        if not history.empty and "val_accuracy" in history and history["val_accuracy"].notna().any():
+            fig.add_scatter(x=history["epoch"], y=history["val_accuracy"], mode="lines+markers", name=name,
+                            line={"color": STAGE_COLORS.get(name), "width": 4}, marker={"size": 9})
+    fig.update_layout(title="Validation accuracy, epoch by epoch", xaxis_title="epoch",
+                      yaxis_title="validation accuracy", height=420, font={"size": font_size},
+                      margin={"l": 10, "r": 10, "t": 60, "b": 10}, legend={"orientation": "h", "y": -0.2})
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig
+
+
+def curve_figure(rows: list[dict], enough: int | None = None, font_size: int = 18) -> go.Figure:
+    """How many photos do I need: mean validation accuracy against photos per class (log scale), the band from
+    the worst to the best draw, and where more photos stop paying."""
+    frame = pd.DataFrame(rows)
+    fig = go.Figure()
+    if not frame.empty:
+        labels = [f"all ({k})" if is_all else str(k) for k, is_all in zip(frame["shots"], frame["all"])]
+        fig.add_scatter(x=frame["shots"], y=frame["max"], mode="lines", line={"width": 0}, showlegend=False,
+                        hoverinfo="skip")
+        fig.add_scatter(x=frame["shots"], y=frame["min"], mode="lines", line={"width": 0}, fill="tonexty",
+                        fillcolor="rgba(31, 119, 180, 0.2)", name="worst to best draw", hoverinfo="skip")
+        fig.add_scatter(x=frame["shots"], y=frame["mean"], mode="lines+markers+text", name="mean of the draws",
+                        line={"color": TRAIN_COLOR, "width": 4}, marker={"size": 11},
+                        # Labels where the story is (first, enough, all): a row of "100%" would overprint.
+                        text=[f"{m:.0%}" if k in (frame["shots"].iloc[0], enough, frame["shots"].iloc[-1])
+                              else "" for k, m in zip(frame["shots"], frame["mean"])],
+                        textposition="top center",
+                        customdata=labels, hovertemplate="%{customdata} photos per class: %{y:.1%}<extra></extra>")
+        # A log axis's range is in log10 units; set it, or the line below can stretch the autorange.
+        fig.update_xaxes(type="log", tickvals=frame["shots"].tolist(), ticktext=labels,
+                         range=[math.log10(frame["shots"].min()) - 0.1, math.log10(frame["shots"].max()) + 0.1])
+        if enough is not None:
+            fig.add_vline(x=enough, line_dash="dash", line_color=VAL_COLOR, line_width=3,
+                          annotation_text=f"{enough} per class is enough", annotation_position="bottom right",
+                          annotation_font_size=font_size)
+    fig.update_layout(title="Validation accuracy against photos per class", xaxis_title="photos per class",
+                      yaxis_title="validation accuracy", height=440, font={"size": font_size},
+                      margin={"l": 10, "r": 10, "t": 60, "b": 10}, legend={"orientation": "h", "y": -0.25})
+    fig.update_yaxes(range=[0, 1.08], tickformat=".0%")
     return fig

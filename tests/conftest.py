@@ -93,6 +93,35 @@ def demo_run(tmp_path_factory) -> Path:
     return run.path
 
 
+@pytest.fixture(scope="session")
+def demo_story(tmp_path_factory) -> Path:
+    """A finished recipe story on the demo dataset (scratch 2 epochs, bottleneck, finetune 1 epoch), queued in a
+    row for a warm worker like the presenter page does, made once per session in its own workspace (returned).
+    Tests must not modify it."""
+    ws = tmp_path_factory.mktemp("story_ws")
+    old = os.environ.get("FEWSHOT_WORKSPACE")
+    os.environ["FEWSHOT_WORKSPACE"] = str(ws)
+    try:
+        from core.config import TrainConfig
+        from core.engine.worker import stop_worker
+        from core.story import StorySettings, start_story
+
+        story = start_story(TrainConfig(data=str(DEMO)), StorySettings(scratch_epochs=2, bottleneck_epochs=15,
+                                                                      finetune_epochs=1))
+        try:
+            _wait_for(lambda: not story.active and all(
+                run.model_file_state() == "ready" for _, run in story.ordered()), timeout=1200, interval=0.5)
+        finally:
+            stop_worker(ws / "engine", timeout=60)
+        assert set(story.states().values()) == {"done"}, {s: r.status() for s, r in story.ordered()}
+    finally:
+        if old is None:
+            os.environ.pop("FEWSHOT_WORKSPACE", None)
+        else:
+            os.environ["FEWSHOT_WORKSPACE"] = old
+    return ws
+
+
 def _wait_for(predicate, timeout: float = 300, interval: float = 0.1):
     """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` seconds."""
     deadline = time.time() + timeout

@@ -18,7 +18,7 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGES = {"dataset": "Dataset", "label": "Label", "augmentation": "Augmentation preview", "training": "Training",
-         "predictions": "Predictions", "runs": "Runs"}
+         "predictions": "Predictions", "runs": "Runs", "presenter": "Presenter"}
 
 pytestmark = pytest.mark.e2e
 
@@ -307,3 +307,44 @@ def test_predictions_wait_for_the_model_file_then_show_what_needs_it(server, pag
     finally:
         stand_in.kill()
         stand_in.wait()
+
+
+def test_presenter_view_reads_on_a_projector(server, page, demo_story, output):
+    """Issue 17 at 1280×720: a finished recipe story (the demo_story fixture's three runs, copied in) told in large
+    type with nothing to configure, then the learning curve drawn from the cached features with one click."""
+    url, ws = server
+    for run_dir in (demo_story / "runs").iterdir():
+        shutil.copytree(run_dir, ws / "runs" / run_dir.name)
+    page.set_viewport_size({"width": 1280, "height": 720})
+    try:
+        page.goto(f"{url}/presenter")
+        wait_idle(page, "Presenter")
+        assert_no_exception(page)
+        body = page.inner_text("body")
+        for title in ("From scratch", "Pretrained features", "Fine-tuned"):
+            assert title in body
+        assert page.locator("[data-testid='stMetricValue']").count() == 3
+        # Readable from the back of a room: big numbers, body text above the usual 16 px, nothing cut off sideways.
+        value_px = page.evaluate("() => { let el = document.querySelector(\"[data-testid='stMetricValue']\"); "
+                                 "while (el.firstElementChild) el = el.firstElementChild; "  # what draws the digits
+                                 "return parseFloat(getComputedStyle(el).fontSize); }")
+        text_px = page.evaluate("() => parseFloat(getComputedStyle(document.querySelector("
+                                "\".stMainBlockContainer [data-testid='stMarkdownContainer'] p\")).fontSize)")
+        assert value_px >= 48 and text_px >= 20, (value_px, text_px)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
+        page.screenshot(path=str(output / "presenter-story.png"))  # what the projector shows: the first screen
+        page.screenshot(path=str(output / "presenter-story-full.png"), full_page=True)
+
+        page.get_by_role("tab", name="How many photos do I need?").click()
+        page.get_by_role("button", name="Draw the learning curve").click()
+        page.wait_for_selector("text=photos per class are enough", timeout=300_000)
+        wait_idle(page)
+        page.mouse.move(0, 700)  # no button tooltip in the screenshot
+        page.evaluate("() => document.activeElement && document.activeElement.blur()")
+        page.wait_for_timeout(500)
+        assert_no_exception(page)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
+        page.screenshot(path=str(output / "presenter-curve.png"))
+        page.screenshot(path=str(output / "presenter-curve-full.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})

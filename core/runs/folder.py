@@ -1,6 +1,6 @@
 """A training is a run folder. `Run` is the only code that knows its files and their formats:
 
-    config.json      everything needed to reproduce it (settings, name, library versions)
+    config.json      everything needed to reproduce it (settings, name, library versions; a recipe story's link)
     status.json      a `RunStatus`: state, phase, progress, error, timings — rewritten atomically
     history.csv      one line per epoch, appended and fsynced as each epoch ends
     split.json       which image was in which split, and what the scan skipped
@@ -152,6 +152,11 @@ class Run:
     def name(self) -> str:
         return self.config_dict().get("name", "") or ""
 
+    def story(self) -> dict | None:
+        """{"id", "stage", "index"} when the run is one stage of a recipe story (core.story), else None."""
+        story = self.config_dict().get("story")
+        return story if isinstance(story, dict) and story.get("id") else None
+
     def read_status(self) -> RunStatus:
         """status.json as it is on disk, without the liveness check."""
         data = self._read(self.STATUS, dict)
@@ -293,10 +298,13 @@ class Run:
         return text if tracebacks else without_tracebacks(text)
 
     # -------------------------------------------------------------------------------------- writing
-    def write_config(self, config: TrainConfig, name: str, versions: dict[str, str], command: str) -> None:
-        fsutil.atomic_write_json(self.file(self.CONFIG), {
-            "train": config.to_dict(), "name": name, "versions": versions, "created_at": time.time(),
-            "command": command})
+    def write_config(self, config: TrainConfig, name: str, versions: dict[str, str], command: str,
+                     story: dict | None = None) -> None:
+        data = {"train": config.to_dict(), "name": name, "versions": versions, "created_at": time.time(),
+                "command": command}
+        if story:
+            data["story"] = story
+        fsutil.atomic_write_json(self.file(self.CONFIG), data)
 
     def update_status(self, **changes: Any) -> RunStatus:
         unknown = set(changes) - FIELD_NAMES

@@ -41,13 +41,13 @@ def new_run_id(mode: str) -> str:
 
 
 def create_run(config: TrainConfig, out: str | Path | None = None, name: str = "", pid: int | None = None,
-               executor: str | None = None) -> Run:
+               executor: str | None = None, story: dict | None = None) -> Run:
     """Make the run folder with its config and a 'queued' status. `out` defaults to a new folder under runs/.
     Its creation time is the click every shown duration is measured from.
 
     `pid`: the process that will execute it, when it is already known (the command line executes in-process).
     Recorded in the first status, so a kill at any moment after creation leaves the run failed, not 'queued'
-    forever."""
+    forever. `story` links it to the other stages of a recipe story (core.story)."""
     path = Path(out) if out else runs_dir() / new_run_id(config.mode)
     blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
@@ -56,7 +56,7 @@ def create_run(config: TrainConfig, out: str | Path | None = None, name: str = "
         raise RunError(f"{path} already exists and is not empty; choose another --out folder.")
     path.mkdir(parents=True, exist_ok=True)
     run = Run(path.resolve())
-    run.write_config(config, name, library_versions(), command="python -m core run " + str(run.path))
+    run.write_config(config, name, library_versions(), command="python -m core run " + str(run.path), story=story)
     now = time.time()
     process = dict(pid=pid, pid_start=process_start_time(pid), executor=executor) if pid else {}
     run.update_status(state="queued", phase="queued", progress=0.0, created_at=now, **process)
