@@ -5,6 +5,10 @@
     python -m core evaluate RUN_DIR DATA          → JSON: accuracy, per_class, confusion, classes
     python -m core export RUN_DIR                 → RUN_DIR/model.tflite
     python -m core export RUN_DIR --model-file    → RUN_DIR/model.keras written again from the trained head
+    python -m core submit DATA [train options] --out RUN_DIR   queue it on the configured executor; returns at once
+    python -m core wait RUN_DIR...                → one JSON line per run: state, started_at, finished_at, node
+    python -m core --ray ADDRESS submit ...       (or FEWSHOT_RAY_ADDRESS=ADDRESS): execute on that Ray cluster
+    python -m core --ray ADDRESS extract DATA     cache DATA's features, sharded over the cluster → JSON report
     python -m core run RUN_DIR                    (used by the app: execute a prepared run folder)
     python -m core backbones                      list the feature extractors
 """
@@ -32,9 +36,28 @@ class CliError(FewShotError):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Few-shot image classification by "
                                      "transfer learning (bottleneck features, fine-tuning).")
+    parser.add_argument("--ray", metavar="ADDRESS", help="execute submitted runs on this Ray cluster (host:port; "
+                        "default: FEWSHOT_RAY_ADDRESS, else the local warm worker)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a classifier on a class-folder dataset")
+    train = sub.add_parser("train", help="train a classifier on a class-folder dataset (in this process)")
+    _add_train_options(train)
+    submit = sub.add_parser("submit", help="queue a training on the configured executor and return at once")
+    _add_train_options(submit)
+
+    wait = sub.add_parser("wait", help="wait for runs to end; one JSON line per run")
+    wait.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    wait.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+    extract = sub.add_parser("extract", help="cache a dataset's features, spread over the Ray cluster's workers")
+    extract.add_argument("data", metavar="DATA")
+    extract.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    extract.add_argument("--workers", type=int, help="extraction actors (default: the cluster's capacity)")
+    _add_commands(sub)
+    sub.add_parser("backbones", help="list the available feature extractors")
+    return parser
+
+
+def _add_train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("data", nargs="?", default=str(DEMO_DATASET),
                        help="dataset folder or .zip (default: the built-in demo dataset)")
     train.add_argument("--mode", choices=MODES, default="bottleneck")
@@ -57,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="finetune: start from this run's head")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to create")
 
+
+def _add_commands(sub) -> None:
     predict = sub.add_parser("predict", help="predict image files or folders with a trained run")
     predict.add_argument("run", metavar="RUN_DIR")
     predict.add_argument("paths", nargs="+", metavar="PATH")
@@ -74,9 +99,6 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="execute a prepared run folder (what the app starts)")
     run.add_argument("run", metavar="RUN_DIR")
-
-    sub.add_parser("backbones", help="list the available feature extractors")
-    return parser
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -101,17 +123,22 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _new_run(args: argparse.Namespace):
     from core.backbones import get_backbone
     from core.datasets import scan_dataset
-    from core.engine import execute_run
     from core.runs import create_run
 
     cfg = _train_config(args)
     if cfg.mode != "scratch":
         get_backbone(cfg.backbone)  # fail before creating anything
     scan_dataset(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, check_images=False)  # same: fail early
-    run = create_run(cfg, args.out)
+    return create_run(cfg, args.out)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from core.engine import execute_run
+
+    run = _new_run(args)
     print(f"run folder: {run.path}", file=sys.stderr)
     status = execute_run(run, terminal=sys.stderr)
     if status.state == "failed":
@@ -124,6 +151,52 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            "extract_seconds", "train_seconds")}
     print(f"{status.state}: " + ", ".join(f"{k} {v}" for k, v in summary.items()), file=sys.stderr)
     return 0 if status.state == "done" else EXIT_FAILED
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from core.engine import submit
+
+    run = submit(_new_run(args))
+    print(json.dumps({"run": str(run.path), "executor": run.read_status().executor}))
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Wait until every run has ended (and its model file is written), then one JSON line per run, in order."""
+    import time
+
+    from core.runs import get_run
+
+    runs = [get_run(path) for path in args.runs]
+    deadline = None if args.timeout is None else time.time() + args.timeout
+    while any(run.status().busy for run in runs):
+        if deadline is not None and time.time() > deadline:
+            break
+        time.sleep(0.5)
+    worst = 0
+    for run in runs:
+        status = run.status()
+        print(json.dumps({"run": str(run.path), "state": status.state, "started_at": status.started_at,
+                          "finished_at": status.finished_at, "node": status.node, "executor": status.executor,
+                          "error": status.error}), flush=True)
+        if status.state != "done":
+            worst = EXIT_FAILED
+    return worst
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from core.datasets import iter_image_files
+    from core.engine.executors import ray_address
+    from core.engine.ray_extract import extract_on_cluster
+
+    if not ray_address():
+        raise CliError("extract spreads the work over a Ray cluster: give --ray ADDRESS (or FEWSHOT_RAY_ADDRESS).")
+    paths = list(iter_image_files(Path(args.data)))
+    if not paths:
+        raise CliError(f"{args.data} has no images.")
+    report = extract_on_cluster(paths, args.backbone, ray_address(), workers=args.workers)
+    print(json.dumps(report.to_dict()))
+    return 0
 
 
 def _image_paths(paths: list[str]) -> list[Path]:
@@ -221,7 +294,14 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
+    if args.ray:
+        import os
+
+        from core.engine.executors import RAY_ADDRESS_ENV
+
+        os.environ[RAY_ADDRESS_ENV] = args.ray
+    handler = {"submit": cmd_submit, "wait": cmd_wait, "extract": cmd_extract,
+               "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
                "run": cmd_run, "backbones": cmd_backbones}[args.command]
     try:
         return handler(args)
