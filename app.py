@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # TensorFlow reads these at import; set them before any page imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -13,12 +14,16 @@ import streamlit as st
 
 from core.backbones import get_backbone
 from core.engine import keep_engine_running
-from core.runs import active_runs
-from ui.common import dataset_label
+from core.errors import FewShotError
+from core.runs import active_runs, run_title
+from ui.common import dataset_label, md
 from ui.frame import enter_frame
-from ui.state import dataset_path, init_state
+from ui.layout import frame_css
+from ui.state import dataset_path, init_state, publish_state
 
-st.set_page_config(page_title="Few-Shot Studio", page_icon=":material/photo_library:", layout="wide")
+# A local image, not ":material/…:" (which the browser fetches from a font CDN: an error on every load offline).
+ICON = Path(__file__).resolve().parent / "ui" / "assets" / "icon.png"
+st.set_page_config(page_title="Few-Shot Studio", page_icon=str(ICON), layout="wide")
 init_state()
 
 
@@ -27,7 +32,7 @@ def warm_engine_once() -> None:
     """Start the warm worker with the server, so the first training does not wait for TensorFlow to load."""
     try:
         keep_engine_running(always=True)
-    except OSError:  # a full or read-only workspace: the Training page says so when it is used
+    except (FewShotError, OSError):  # a full or read-only workspace, a worker that cannot start: the pages say so
         pass
 
 
@@ -42,11 +47,13 @@ PAGES = [
 page = st.navigation(PAGES)
 warm_engine_once()
 enter_frame()
+frame_css()
+publish_state()  # the dataset and run in the URL and the workspace: a reload or a second tab shows the same
 
 with st.sidebar:
     st.markdown("### Few-Shot Studio")
     st.caption("Train an image classifier from a handful of photos per class.")
-    st.markdown(f"**Dataset:** {dataset_label(dataset_path())}")
+    st.markdown(f"**Dataset:** {md(dataset_label(dataset_path()))}")
     try:
         st.markdown(f"**Backbone:** {get_backbone(st.session_state['backbone']).title}")
     except Exception:  # an unknown name left in a session: the Training page explains
@@ -54,14 +61,17 @@ with st.sidebar:
 
     @st.fragment(run_every="2s")
     def running_trainings() -> None:
-        keep_engine_running()
+        try:
+            keep_engine_running()
+        except (FewShotError, OSError) as exc:  # a worker that cannot start, a full disk: say so, keep the page
+            st.error(str(exc))
         runs = active_runs()
         if not runs:
             st.caption("No training running.")
             return
         for run in runs:
             status = run.status()
-            st.markdown(f"**Training:** `{run.id}`")
+            st.markdown(f"**Training:** {md(run_title(run))}")
             st.progress(float(status.progress or 0.0), text=status.message or status.state)
         st.page_link("pages/4_training.py", label="Watch it", icon=":material/monitoring:")
 

@@ -44,16 +44,6 @@ def image_files(root: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------------------------- the machine
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _ram_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -68,7 +58,9 @@ def machine() -> dict:
     from importlib.metadata import version
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "ram_gib": _ram_gib(),
+    from core.cpu import cpu_features
+
+    info = {"cpu": cpu_features().summary(), "cores": os.cpu_count(), "usable_cores": usable, "ram_gib": _ram_gib(),
             "python": platform.python_version(), "date": datetime.now().strftime("%Y-%m-%d %H:%M")}
     for pkg in ("tensorflow", "keras"):
         try:

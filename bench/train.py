@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -44,7 +45,7 @@ from bench.common import (
 )
 
 MODULE = "bench.train"  # workers run this module again in a fresh process
-PHASES = ("scanning", "extracting", "bottleneck", "scratch", "finetune", "evaluating", "saving")
+PHASES = ("scanning", "extracting", "bottleneck", "scratch", "activations", "finetune", "evaluating", "saving")
 
 
 # ------------------------------------------------------------------------------------------------ worker side
@@ -78,7 +79,9 @@ def worker(payload: dict) -> dict:
         out["jobs"].append({"name": job["name"], "to_done": to_done, "to_model": to_model,
                             "check": max(0.0, wall - to_model),
                             "phases": metrics.get("phase_seconds", {}), "val_accuracy": metrics.get("val_accuracy"),
-                            "n_extracted": metrics.get("n_extracted"), "total_seconds": metrics.get("total_seconds")})
+                            "n_extracted": metrics.get("n_extracted"), "total_seconds": metrics.get("total_seconds"),
+                            "n_val": metrics.get("n_val"), "finetune": metrics.get("finetune")})
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return out
 
 

@@ -3,7 +3,7 @@
     python -m core train DATA --mode bottleneck --out RUN_DIR
     python -m core predict RUN_DIR PATH...        → CSV: path,label,confidence
     python -m core evaluate RUN_DIR DATA          → JSON: accuracy, per_class, confusion, classes
-    python -m core export RUN_DIR                 → RUN_DIR/model.tflite
+    python -m core export RUN_DIR [--format F]    → RUN_DIR/model.tflite (F: tflite, tflite-int8, onnx), + its check
     python -m core export RUN_DIR --model-file    → RUN_DIR/model.keras written again from the trained head
     python -m core submit DATA [train options] --out RUN_DIR   queue it on the configured executor; returns at once
     python -m core wait RUN_DIR...                → one JSON line per run: state, started_at, finished_at, node
@@ -77,6 +77,9 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--class-weights", choices=("balanced", "none"))
     train.add_argument("--augment", metavar="FILE.json", help="augmentation settings (as saved by the app)")
     train.add_argument("--augment-copies", type=int, help="bottleneck: cache features of K augmented copies")
+    train.add_argument("--finetune-full", action="store_true",
+                       help="finetune: every epoch on whole images through the whole backbone (slower) instead of "
+                            "the top block on cached activations")
     train.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="finetune: start from this run's head")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to create")
 
@@ -90,9 +93,14 @@ def _add_commands(sub) -> None:
     evaluate.add_argument("run", metavar="RUN_DIR")
     evaluate.add_argument("data", metavar="DATA")
 
-    export = sub.add_parser("export", help="write the run's model as TFLite (or, with --model-file, its model.keras "
+    from core.export.formats import FORMATS
+
+    export = sub.add_parser("export", help="convert the run's model (TFLite, int8 TFLite, ONNX) and check the file "
+                                           "on the validation photos (or, with --model-file, write model.keras "
                                            "again)")
     export.add_argument("run", metavar="RUN_DIR")
+    export.add_argument("--format", choices=list(FORMATS), default="tflite",
+                        help="; ".join(f"{f.name}: RUN_DIR/{f.file}" for f in FORMATS.values()))
     export.add_argument("--model-file", action="store_true",
                         help="write model.keras again from the run's trained head (a bottleneck run whose model "
                              "file was not written: a full disk, a killed process)")
@@ -111,6 +119,10 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
             values[name] = getattr(args, name)
     if args.no_early_stopping:
         values["early_stopping"] = False
+    if args.finetune_full:
+        if args.mode != "finetune":
+            raise CliError("--finetune-full only makes sense with --mode finetune.")
+        values["finetune_full"] = True
     if args.from_run:
         if args.mode != "finetune":
             raise CliError("--from only makes sense with --mode finetune.")
@@ -259,7 +271,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from core.export import export_tflite
+    from core.export import export_format
     from core.runs import get_run
 
     run = get_run(args.run)
@@ -271,16 +283,27 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise CliError(f"model.keras could not be written: {status.model_error}")
         print(run.model_path)
         return 0
-    out = export_tflite(run.model_path, run.tflite_path)
-    print(out)
+    check = export_format(run, args.format)
+    print(run.file(check["file"]))
+    print(export_summary(check), file=sys.stderr)
     return 0
+
+
+def export_summary(check: dict) -> str:
+    """One line: the file's size and how it compares with the app on the validation photos."""
+    size = f"{check['size_bytes'] / 1e6:.1f} MB (model.keras {check['keras_size_bytes'] / 1e6:.1f} MB)"
+    if not check.get("n_images"):
+        return f"{check['file']}: {size}; not checked (the run has no validation photos)"
+    return (f"{check['file']}: {size}; on {check['n_images']} validation photos: same answer as the app on "
+            f"{check['same_top1']:.1%}, largest probability difference {check['max_abs_diff']:.2e}, accuracy "
+            f"{check['accuracy']:.1%} (app {check['app_accuracy']:.1%})")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from core.engine import execute_run
     from core.runs import get_run
 
-    status = execute_run(get_run(args.run), terminal=sys.stdout)
+    status = execute_run(get_run(args.run), terminal=sys.stdout, executor="process")
     return 0 if status.state in ("done", "stopped") else EXIT_FAILED
 
 

@@ -6,6 +6,17 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
+# Runs compared on one chart: colours far apart (Streamlit's theme would draw the first two in two blues).
+RUN_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+              "#bcbd22"]
+# The legend above the plot: below it, it overlapped the "epoch" axis title.
+LEGEND_ON_TOP = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0}
+
+
+def _epoch_axis(fig: go.Figure, histories: list[pd.DataFrame]) -> None:
+    """Whole epochs on the x axis: with 1–3 epochs plotly would tick 1, 1.5, 2…"""
+    last = max((int(h["epoch"].max()) for h in histories if not h.empty and "epoch" in h), default=1)
+    fig.update_xaxes(title_text="epoch", tickformat="d", dtick=1 if last <= 15 else None, tick0=0)
 
 
 def history_figure(history: pd.DataFrame, metric: str, title: str | None = None) -> go.Figure:
@@ -22,8 +33,9 @@ def history_figure(history: pd.DataFrame, metric: str, title: str | None = None)
                 if rows["epoch"].min() > history["epoch"].min():
                     fig.add_vline(x=rows["epoch"].min() - 0.5, line_dash="dot",
                                   annotation_text=f"{stage} starts", annotation_position="top left")
-    fig.update_layout(title=title or metric.capitalize(), xaxis_title="epoch", yaxis_title=metric,
-                      height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"})
+    fig.update_layout(title=title or metric.capitalize(), yaxis_title=metric, height=340,
+                      margin={"l": 10, "r": 10, "t": 70, "b": 10}, legend=LEGEND_ON_TOP)
+    _epoch_axis(fig, [history])
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02])
     return fig
@@ -32,11 +44,14 @@ def history_figure(history: pd.DataFrame, metric: str, title: str | None = None)
 def overlay_figure(histories: dict[str, pd.DataFrame], metric: str = "val_accuracy") -> go.Figure:
     """The same metric for several runs on one chart (scratch vs bottleneck vs fine-tune)."""
     fig = go.Figure()
-    for name, history in histories.items():
+    for i, (name, history) in enumerate(histories.items()):
         if not history.empty and metric in history and history[metric].notna().any():
-            fig.add_scatter(x=history["epoch"], y=history[metric], mode="lines+markers", name=name)
-    fig.update_layout(title=metric.replace("_", " "), xaxis_title="epoch", yaxis_title=metric, height=380,
-                      margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"})
+            fig.add_scatter(x=history["epoch"], y=history[metric], mode="lines+markers", name=name,
+                            line={"color": RUN_COLORS[i % len(RUN_COLORS)]},
+                            marker={"color": RUN_COLORS[i % len(RUN_COLORS)]})
+    fig.update_layout(title=metric.replace("_", " "), yaxis_title=metric, height=400,
+                      margin={"l": 10, "r": 10, "t": 90, "b": 10}, legend=LEGEND_ON_TOP)
+    _epoch_axis(fig, list(histories.values()))
     return fig
 
 

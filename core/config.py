@@ -44,8 +44,11 @@ class TrainConfig:
     class_weights: str = "balanced"  # "balanced" | "none"
     early_stopping: bool = True
     patience: int = 8               # epochs without val_loss improvement before stopping (best weights restored)
-    augment_copies: int = 0         # bottleneck: K augmented copies of each training image, features cached too
+    augment_copies: int = 0         # bottleneck: K augmented copies of each training image, features cached too;
+                                    # finetune on cached activations: K copies' activations (0: its default, 4)
     from_run: str | None = None     # finetune: start from this bottleneck run's head
+    finetune_full: bool = False     # finetune: whole images through the whole backbone every epoch (the old,
+                                    # slower path) instead of the top block on cached activations
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -66,6 +69,7 @@ class TrainConfig:
             (self.class_weights in ("balanced", "none"), "class_weights", "'balanced' or 'none'"),
             (0 <= self.patience <= 1000, "patience", "0..1000"),
             (0 <= self.augment_copies <= 50, "augment_copies", "0..50"),
+            (isinstance(self.finetune_full, bool), "finetune_full", "true or false"),
         ]
         for ok, name, allowed in checks:
             if not ok:

@@ -16,6 +16,13 @@ from core.errors import FewShotError
 
 # Extensions we try to read. Anything else in a class folder is reported as "not an image".
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+try:  # HEIC/HEIF, what phones save: pillow-heif (requirements.txt) teaches Pillow to open them
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    IMAGE_EXTENSIONS |= {".heic", ".heif"}
+except ImportError:  # an install without it reads everything else
+    pass
 # Documentation that travels with datasets (credits, licences): ignored silently, never reported.
 SIDECAR_SUFFIXES = {".md", ".txt", ".credits", ".csv", ".json"}
 SIDECAR_PREFIXES = ("readme", "license", "licence", "credits", "copying")

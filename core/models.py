@@ -68,7 +68,9 @@ def build_export_model(body: keras.Model, size: int, n_classes: int) -> keras.Mo
     # The app's resize rule is core.images.resize_tensor_for_model: this layer must stay the same op (checked by
     # tests/test_datasets.py), or the exported model stops predicting what the app predicted.
     x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, name="resize")(inputs)
-    probs = body(x)
+    # Called for inference: without training=False, a plain `model(x)` by a user runs the head's Dropout (Keras 3
+    # does not infer it for nested models), and every call answers differently; `model.predict` was unaffected.
+    probs = body(x, training=False)
     if is_binary(n_classes):
         widen = keras.layers.Dense(2, trainable=False, name="two_class_probabilities")
         probs = widen(probs)

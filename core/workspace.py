@@ -42,6 +42,11 @@ def features_dir() -> Path:
     return _subdir("cache/features")
 
 
+def activations_dir() -> Path:
+    """Fine-tuning's cache: activations of the frozen lower part of a backbone (core.activations)."""
+    return _subdir("cache/activations")
+
+
 def engine_dir() -> Path:
     """The warm engine's queue, its state file and its log."""
     return _subdir("engine")

@@ -193,16 +193,19 @@ with st.expander("Bring your own photos: build a dataset here or upload a zip", 
                                                        for c, n in folders.items()))
                     st.selectbox("Class", list(folders), key="ds_upload_class")
                     uploader_key = f"ds_photos_{st.session_state['ds_upload_counter']}"
-                    st.file_uploader("Photos for this class", type=IMAGE_TYPES, accept_multiple_files=True,
-                                     key=uploader_key, on_change=_save_photos, args=(uploader_key,),
-                                     help="JPEG, PNG, WebP, BMP, GIF or TIFF. Unreadable files are skipped and "
-                                          "listed.")
+                    st.file_uploader("Photos for this class: drag photos here, or browse", type=IMAGE_TYPES,
+                                     accept_multiple_files=True, key=uploader_key, on_change=_save_photos,
+                                     args=(uploader_key,),
+                                     help="JPEG, PNG, HEIC (phones), WebP, BMP, GIF or TIFF. Unreadable files are "
+                                          "skipped and listed.")
     with tab_zip:
         show_flash("zip")
         st.markdown("Zip a folder that holds one folder per class (`cats/…`, `dogs/…`), or `train/` and "
                     "`validation/` folders that each hold the class folders, and upload it here.")
         zip_key = f"ds_zip_{st.session_state['ds_zip_counter']}"
-        st.file_uploader("A .zip of class folders", type="zip", key=zip_key)
+        st.file_uploader("A .zip of class folders: drag it here, or browse", type="zip", key=zip_key,
+                         help="Photos not sorted into folders yet? Add them on the Label page (Add unlabelled "
+                              "photos): a flat zip goes straight into the unlabelled pool.")
         st.text_input("Name for the new dataset", key="ds_zip_name", placeholder="the zip's name")
         st.button("Import the zip", key="ds_import", on_click=_import_zip, args=(zip_key,),
                   disabled=st.session_state.get(zip_key) is None, icon=":material/unarchive:")

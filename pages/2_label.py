@@ -84,10 +84,12 @@ right.button("Undo", key="lbl_undo", icon=":material/undo:", shortcut="U", on_cl
 
 # ---------------------------------------------------------------------------------------------- uploads
 with st.expander("Add unlabelled photos", expanded=not pool and not view.labelled, icon=":material/upload:"):
-    st.caption("Drop photos you have not sorted yet. They are saved at once into this dataset's `unlabelled/` "
-               "folder, which training ignores until you give them a class.")
+    st.caption("Drop photos you have not sorted yet, or a .zip of them (folders in it do not matter). They are "
+               "saved at once into this dataset's `unlabelled/` folder, which training ignores until you give them "
+               "a class.")
     uploader_key = f"lbl_upload_{st.session_state['lbl_upload_counter']}"
-    st.file_uploader("Unlabelled photos", type=IMAGE_TYPES, accept_multiple_files=True, key=uploader_key,
+    st.file_uploader("Unlabelled photos: drag photos or a .zip here, or browse", type=[*IMAGE_TYPES, "zip"],
+                     accept_multiple_files=True, key=uploader_key,
                      on_change=lv.save_pool_uploads, args=(root, uploader_key, "lbl_upload_counter"))
 
 

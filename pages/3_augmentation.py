@@ -15,6 +15,7 @@ from core.workspace import workspace_root
 from ui.common import current_dataset
 from ui.dataset_views import IMAGE_TYPES, array_grid, flash, md, show_flash, synced
 from ui.frame import require_frame
+from ui.layout import sticky
 from ui.state import init_state
 
 require_frame(__file__)
@@ -25,6 +26,8 @@ st.session_state.setdefault("aug_preview_seed", 0)
 st.session_state.setdefault("aug_json_counter", 0)
 
 # Field -> (label, slider step). The order is the order on the page; help and ranges come from core.
+# How a slider shows its value: whole degrees ("40°", not "40.00"), fractions to the step's precision.
+FORMATS = {"rotation_range": "%.0f°", "shear_range": "%.3f"}
 LABELS = {
     "enabled": ("Use augmentation in training", None),
     "rotation_range": ("Rotation (degrees)", 1.0),
@@ -139,7 +142,7 @@ with settings:
         elif name == "fill_mode":
             st.selectbox(label, FILL_MODES, format_func=FILL_LABELS.get, **common)
         else:
-            st.slider(label, float(lo), float(hi), step=step, **common)
+            st.slider(label, float(lo), float(hi), step=step, format=FORMATS.get(name, "%.2f"), **common)
         st.caption(help_text if lo is None else f"{help_text} Range {lo:g} to {hi:g}.")
 
     st.button("Reset to the recipe's defaults", key="aug_reset", on_click=_reset, icon=":material/restart_alt:")
@@ -150,7 +153,8 @@ with settings:
                      args=(json_key,), help="A file downloaded here, or the 'augment' part of a run's settings.")
 
 # --- preview
-with shown:
+# Sticky (ui.layout): it stays in view while the sliders further down the settings are moved.
+with shown, sticky("aug_preview"):
     st.subheader("Preview")
     try:
         backbone = get_backbone(st.session_state["backbone"])

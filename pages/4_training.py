@@ -10,10 +10,21 @@ from core.charts import history_figure
 from core.config import MODE_HELP, MODES, ConfigError, TrainConfig
 from core.engine import submit
 from core.errors import FewShotError
-from core.runs import ACTIVE_STATES, Run, RunError, RunStatus, active_runs, create_run, get_run, list_runs
-from ui.common import current_dataset, dataset_label
+from core.runs import (
+    ACTIVE_STATES,
+    Run,
+    RunError,
+    RunStatus,
+    active_runs,
+    create_run,
+    get_run,
+    list_runs,
+    run_dataset_title,
+    run_title,
+)
+from ui.common import current_dataset, dataset_label, md
 from ui.frame import require_frame
-from ui.state import augment_config, dataset_path, init_state
+from ui.state import augment_config, dataset_path, init_state, set_run
 
 require_frame(__file__)
 
@@ -46,15 +57,19 @@ def settings_form() -> tuple[TrainConfig, str] | None:
         st.session_state["backbone"] = backbone
         st.caption(get_backbone(backbone).description)
     with right:
-        st.markdown(f"**Dataset:** {dataset_label(dataset.root)} — {len(dataset.classes)} classes, "
+        st.markdown(f"**Dataset:** {md(dataset_label(dataset.root))} — {len(dataset.classes)} classes, "
                     f"{int(counts['train'].sum())} training and {int(counts.get('val', counts['train'] * 0).sum())} "
                     f"validation images")
         augment = augment_config()
         st.markdown("**Augmentation:** " + ("off" if augment.is_identity() else "as set on the Augmentation page")
                     + (" (used by scratch and fine-tune)" if mode != "bottleneck" else " (not used by this mode "
                        "unless augmented copies are cached below)"))
-        name = st.text_input("Name (optional)", key="train_name", placeholder="e.g. first try",
-                             help="A label to find this run later on the Runs page.")
+        if st.session_state.pop("_train_name_used", False):  # a started run took the name: a new run, a new one
+            st.session_state["train_name"] = ""
+        name = st.text_input("Name (optional)", key="train_name",
+                             placeholder=f"left empty: {mode} · {dataset.root.name} · {time.strftime('%H:%M')}",
+                             help="A name to find this run by on the Predictions and Runs pages. Left empty, the "
+                                  "run is called after its mode, dataset and start time.")
 
     with st.expander("Settings (the recipe's defaults are a good start)"):
         c1, c2, c3 = st.columns(3)
@@ -75,6 +90,7 @@ def settings_form() -> tuple[TrainConfig, str] | None:
         balanced = c3.checkbox("Balance classes", True, key="train_balanced",
                                help="Give small classes as much weight as large ones.")
         finetune_epochs, finetune_lr, copies = defaults.finetune_epochs, defaults.finetune_lr, 0
+        finetune_full = defaults.finetune_full
         if mode == "finetune":
             finetune_epochs = c1.number_input("Fine-tuning epochs", 1, 200, defaults.finetune_epochs,
                                               key="train_ft_epochs")
@@ -82,6 +98,12 @@ def settings_form() -> tuple[TrainConfig, str] | None:
                                            defaults.finetune_lr, key="train_ft_lr", format_func=lambda v: f"{v:g}",
                                            help="Small on purpose (SGD, momentum 0.9): big steps would wreck "
                                                 "what the network learned from ImageNet.")
+            finetune_full = c3.checkbox("Fine-tune on full images (slower)", defaults.finetune_full,
+                                        key="train_ft_full",
+                                        help="Off: the network's frozen lower part runs once per photo and a few "
+                                             "augmented copies (cached for later runs), and only its last block "
+                                             "trains on that. On: every photo goes through the whole network in "
+                                             "every epoch, freshly augmented.")
         if mode == "bottleneck":
             copies = c2.number_input("Augmented copies", 0, 20, 0, key="train_copies",
                                      help="Also cache the features of this many augmented versions of each "
@@ -94,7 +116,7 @@ def settings_form() -> tuple[TrainConfig, str] | None:
             data=str(dataset_path()), val_split=st.session_state["val_split"],
             test_split=st.session_state["test_split"], seed=st.session_state["seed"], mode=mode, backbone=backbone,
             dense_units=units, dropout=dropout, epochs=int(epochs), batch_size=batch_size, lr=lr,
-            finetune_epochs=int(finetune_epochs), finetune_lr=finetune_lr,
+            finetune_epochs=int(finetune_epochs), finetune_lr=finetune_lr, finetune_full=bool(finetune_full),
             class_weights="balanced" if balanced else "none", patience=int(patience), augment_copies=int(copies),
             augment=augment), name
     except ConfigError as exc:
@@ -109,7 +131,8 @@ def start(config: TrainConfig, name: str) -> None:
         st.error(f"The training could not start: {exc}")
         return
     st.session_state["watch_run"] = run.id
-    st.session_state["run_id"] = run.id
+    st.session_state["_train_name_used"] = True
+    set_run(run.id)
 
 
 def watched_run() -> Run | None:
@@ -122,6 +145,7 @@ def watched_run() -> Run | None:
             st.session_state.pop("watch_run")
     running = active_runs()
     if running:
+        st.session_state["watch_run"] = running[0].id  # watched from here on: its results stay on top when done
         return running[0]
     runs = list_runs()
     return runs[0] if runs else None
@@ -132,7 +156,12 @@ def _eta(status: RunStatus) -> str:
     started = status.phase_started_at
     if not started or progress <= 0.02 or progress >= 1:
         return ""
-    remaining = (time.time() - started) * (1 - progress) / progress
+    elapsed = time.time() - started
+    # The first moments of a phase (loading, the first batch) say little about the rest: a first guess of
+    # "387 s left" for a phase that took 75 s. Estimate only once a tenth is done and a few seconds have passed.
+    if progress < 0.1 or elapsed < 3:
+        return ""
+    remaining = elapsed * (1 - progress) / progress
     return f" · about {remaining:.0f} s left in this phase"
 
 
@@ -146,7 +175,8 @@ def live_view(run: Run, polling: bool) -> None:
     header = {"queued": ":material/hourglass_top: Waiting", "running": ":material/directions_run: Training",
               "done": ":green[:material/check_circle:] Finished", "failed": ":red[:material/error:] Failed",
               "stopped": ":material/stop_circle: Stopped"}.get(state, state)
-    st.subheader(f"{header}: {run.id}")
+    st.subheader(f"{header}: {md(run_title(run))}")  # "Finished" stays first: shared/tools/loop_latency.py
+    st.caption(f"On {md(run_dataset_title(run))} · run `{run.id}`")
     if state in ACTIVE_STATES:
         st.progress(float(status.progress or 0.0),
                     text=f"{status.message or status.phase} · {from_click:.0f} s since you clicked Start"
@@ -196,12 +226,15 @@ def show_run(run: Run) -> None:
     st.fragment(live_view, run_every=0.5 if active else None)(run, active)
 
 
-# A training in progress comes first (someone demoing wants the curves on screen); otherwise the settings do.
+# A training in progress comes first (someone demoing wants the curves on screen), and stays first when it ends
+# (its results must not jump below the form); otherwise the settings do.
 run = watched_run()
-if run is not None and run.status().state in ACTIVE_STATES:
+on_top = run is not None and (run.status().state in ACTIVE_STATES or st.session_state.get("watch_run") == run.id)
+if on_top:
     show_run(run)
     st.divider()
-    with st.expander("Start another training (it waits until this one ends)"):
+    with st.expander("Start another training" + (" (it waits until this one ends)"
+                                                 if run.status().state in ACTIVE_STATES else "")):
         result = settings_form()
 else:
     result = settings_form()
@@ -210,6 +243,6 @@ if result:
     run = watched_run()
     if run is not None:
         st.rerun()  # redraw with the new run on top
-if run is not None and run.status().state not in ACTIVE_STATES:
+if run is not None and not on_top:
     st.divider()
     show_run(run)

@@ -11,16 +11,21 @@ import pandas as pd
 import streamlit as st
 
 from core.evaluate import frame_confusion
-from core.runs import Run, list_runs
+from core.export.formats import FORMATS, input_text, snippet
+from core.runs import Run, file_stem, list_runs, run_dataset_title, run_title
 from ui.common import dataset_label, md
+from ui.dataset_views import IMAGE_TYPES
 from ui.frame import require_frame
-from ui.labeling_views import fix_controls, retrain_button, retrain_status
+from ui.labeling_views import fix_controls, image_now, retrain_button, retrain_status
+from ui.layout import grid, name_line, row
 from ui.prediction_views import (
     ALL,
     SORTS,
     WRONG_CSS,
     cell_from_selection,
     clickable_confusion,
+    conversion_check_sentence,
+    conversion_is_current,
     export_check_sentence,
     filter_predictions,
     model_file_ready,
@@ -28,7 +33,7 @@ from ui.prediction_views import (
     predict_uploads,
     square_thumb,
 )
-from ui.state import init_state
+from ui.state import init_state, set_run
 
 require_frame(__file__)
 init_state()
@@ -52,22 +57,30 @@ if wanted and wanted not in by_id:
     st.caption(f"Run {md(wanted)} has no results (yet): showing the newest finished run instead.")
 
 
-def run_title(run_id: str) -> str:
-    metrics = by_id[run_id].metrics() or {}
+def run_choice(run_id: str) -> str:
+    run = by_id[run_id]
+    metrics = run.metrics() or {}
     acc = metrics.get("val_accuracy")
-    name = by_id[run_id].config_dict().get("name") or run_id
-    return f"{name} — {metrics.get('mode', '?')}" + (f", {acc:.0%} right" if acc is not None else "")
+    return (f"{run_title(run)} — on {run_dataset_title(run)}, {metrics.get('mode', '?')}"
+            + (f", {acc:.0%} right" if acc is not None else ""))
 
 
-run_id = st.selectbox("Run", ids, key="pred_run", format_func=run_title,
+run_id = st.selectbox("Run", ids, key="pred_run", format_func=run_choice,
                       help="Each training is a run. The newest is first; the Runs page compares them.")
-st.session_state["run_id"] = run_id
+if st.session_state.get("run_id") != run_id:
+    set_run(run_id)  # the URL and the workspace say which run is shown: a reload comes back to it
 run: Run = by_id[run_id]
+stem = file_stem(run)  # downloads are named after the run, not its folder id: "bottleneck-demo-14-02.keras"
+if st.session_state.get("pred_filters_run") != run_id:  # another run: its own photos, none of the last filters
+    st.session_state["pred_filters_run"] = run_id
+    for key in ("pred_true", "pred_said", "pred_outcome", "pred_page"):
+        st.session_state.pop(key, None)
 metrics = run.metrics() or {}
 config = run.config_dict()
 classes = metrics.get("classes") or run.labels()
 train = config.get("train", {})
-st.caption(f"Dataset **{md(dataset_label(train.get('data', '?')))}** · mode **{train.get('mode', '?')}** · "
+st.caption(f"Run `{md(run.id)}` · dataset **{md(dataset_label(train.get('data', '?')))}** · "
+           f"mode **{train.get('mode', '?')}** · "
            f"backbone **{metrics.get('backbone') or '—'}** · {metrics.get('n_train', '?')} training images · "
            f"trained {datetime.fromtimestamp(config.get('created_at', 0)):%Y-%m-%d %H:%M}")
 
@@ -168,17 +181,16 @@ options = [ALL] + list(classes)
 for key in ("pred_true", "pred_said"):
     if st.session_state[key] not in options:  # another run with other classes
         st.session_state[key] = ALL
-f1, f2, f3, f4, f5 = st.columns([2, 2, 3, 2, 1])
-true = f1.selectbox("True class", options, key="pred_true", help="The class the photo is filed under.")
-said = f2.selectbox("Model said", options, key="pred_said", help="The class the model predicted.")
-outcome = f3.segmented_control("Show", ["all", "wrong", "right"], key="pred_outcome", required=True,
-                               format_func={"all": "All", "wrong": ":material/cancel: Wrong",
-                                            "right": ":material/check_circle: Right"}.get) or "all"
-sort = f4.selectbox("Order", list(SORTS), key="pred_sort")
-page_size = f5.selectbox("Per page", [12, 24, 48, 96], index=1, key="pred_page_size")
+filters = row("pred_filters")  # wraps onto two lines on a narrow window instead of clipping
+true = filters.selectbox("True class", options, key="pred_true", help="The class the photo is filed under.")
+said = filters.selectbox("Model said", options, key="pred_said", help="The class the model predicted.")
+outcome = filters.segmented_control("Show", ["all", "wrong", "right"], key="pred_outcome", required=True,
+                                    format_func={"all": "All", "wrong": ":material/cancel: Wrong",
+                                                 "right": ":material/check_circle: Right"}.get) or "all"
+sort = filters.selectbox("Order", list(SORTS), key="pred_sort")
+page_size = filters.selectbox("Per page", [12, 24, 48, 96], index=1, key="pred_page_size")
 
 shown = filter_predictions(frame, split, true, said, outcome, sort)
-cell_chosen = true != ALL and said != ALL
 dataset_root = Path(train.get("data", "."))
 n_pages = max(1, math.ceil(len(shown) / page_size))
 wrong_total = int((~rows["correct"]).sum())
@@ -188,29 +200,30 @@ if shown.empty:
 else:
     st.html(WRONG_CSS)
     page = st.pagination(n_pages, key="pred_page") if n_pages > 1 else 1
-    per_row = 6
     chunk = shown.iloc[(page - 1) * page_size: page * page_size]
-    for start in range(0, len(chunk), per_row):
-        for col, (_, item) in zip(st.columns(per_row), chunk.iloc[start:start + per_row].iterrows()):
-            key = f"pred{'right' if item['correct'] else 'wrong'}-{start}-{item.name}"
-            with col.container(border=True, key=key):
-                data = square_thumb(item["path"], 200)
+    # As many columns as the page's width allows (ui.layout's CSS grid), not a fixed six.
+    with grid("pred"):
+        for _, item in chunk.iterrows():
+            key = f"pred{'right' if item['correct'] else 'wrong'}-{item.name}"
+            with st.container(border=True, key=key):
+                now = image_now(dataset_root, Path(item["path"]))  # a photo fixed since training: its new place
+                data = square_thumb(now, 200) if now is not None else None
                 if data is None:
-                    st.markdown(":material/hide_image: *file moved*")
-                    st.caption("Renamed, moved, deleted or unreadable since training.")
+                    st.markdown(":material/hide_image: *file gone*")
+                    st.caption("Deleted, renamed outside the app, or unreadable since training.")
                 else:
                     st.image(data, width="stretch")
-                mark = ":green[:material/check_circle:]" if item["correct"] else ":red[:material/cancel:]"
                 sure = "" if pd.isna(item["confidence"]) else f"{item['confidence']:.0%} sure"
-                st.markdown(f"{mark} **{md(item['predicted'])}**  \n{sure}")
+                name_line(("✓ " if item["correct"] else "✗ ") + str(item["predicted"]), suffix=sure,
+                          color="#15803d" if item["correct"] else "#b91c1c")
                 if not item["correct"]:
-                    st.markdown(f":red[true: **{md(item['label'])}**]")
-                st.caption(md(Path(item["path"]).name))
-                # Fix right here: wrong predictions, and every photo of a chosen confusion cell.
-                if data is not None and (not item["correct"] or cell_chosen):
+                    name_line(f"true: {item['label']}", color="#b91c1c")
+                st.caption(md(Path(item["path"]).name), help=str(Path(item["path"]).name))
+                # Fix right here, on every photo: move it to its right class or delete it.
+                if data is not None:
                     fix_controls(dataset_root, Path(item["path"]), classes, key=f"fix_{run_id}_{item.name}")
-st.caption("A photo filed under the wrong class, or one that does not belong? Fix it above (or on the Label "
-           "page), then retrain: only changed photos are processed anew, so it takes seconds.")
+st.caption("A photo filed under the wrong class, or one that does not belong? Fix it on its card above (or on "
+           "the Label page), then retrain: only changed photos are processed anew, so it takes seconds.")
 retrain_button(run, key="pred_retrain")
 retrain_status(key="pred_retrain")
 st.page_link("pages/2_label.py", label="More labelling tools (undo, trash, duplicates)", icon=":material/label:")
@@ -221,8 +234,8 @@ st.caption("Drop photos (or a .zip of photos) the model has never seen. Nothing 
 model_path = run.model_path
 uploads = None
 if model_file_ready(run, key="pred_model_new"):
-    uploads = st.file_uploader("Photos or a .zip", accept_multiple_files=True, key="pred_uploads",
-                               type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "zip"])
+    uploads = st.file_uploader("Photos or a .zip: drag them here, or browse", accept_multiple_files=True,
+                               key="pred_uploads", type=[*IMAGE_TYPES, "zip"])
 if uploads:
     cache_key = (str(model_path), model_path.stat().st_mtime_ns, tuple(u.file_id for u in uploads))
     result = st.session_state.get("pred_new")
@@ -262,40 +275,55 @@ if uploads:
                                                     help="Top probability minus the second: small = a close call."),
             **{f"p_{c}": st.column_config.NumberColumn(c, format="%.3f") for c in classes}})
         st.download_button("New photos' predictions (CSV)", table.to_csv(index=False).encode(),
-                           file_name=f"{run_id}-new-predictions.csv", mime="text/csv", key="pred_dl_new",
+                           file_name=f"{stem}-new-predictions.csv", mime="text/csv", key="pred_dl_new",
                            icon=":material/download:", on_click="ignore")
 
 # ------------------------------------------------------------------------------------------- downloads
 st.subheader("Download")
 st.caption("`model.keras` takes a photo of any size (RGB, values 0–255) and returns one probability per class in "
-           "the order of `labels.json`; it needs only Keras, none of this app's code. TFLite is for phones.")
-d1, d2, d3, d4 = st.columns(4)
+           "the order of `labels.json`; it needs only Keras, none of this app's code. The conversions below run "
+           "without TensorFlow; they take a photo already resized to the model's input size.")
+d1, d2, d3 = st.columns(3)
 d1.download_button("Predictions (CSV)", functools.partial(run.file(Run.PREDICTIONS).read_bytes),
-                   file_name=f"{run_id}-predictions.csv", mime="text/csv", key="pred_dl_csv",
+                   file_name=f"{stem}-predictions.csv", mime="text/csv", key="pred_dl_csv",
                    icon=":material/table:", on_click="ignore", help="One line per validation/test photo.")
 d3.download_button("Class names (labels.json)", functools.partial(run.file(Run.LABELS).read_bytes),
-                   file_name="labels.json", mime="application/json", key="pred_dl_labels",
+                   file_name=f"{stem}-labels.json", mime="application/json", key="pred_dl_labels",
                    icon=":material/label:", on_click="ignore")
 if model_path.exists():  # else the notice above says why it is not there (yet)
     d2.download_button("Model (model.keras)", functools.partial(model_path.read_bytes),
-                       file_name=f"{run_id}.keras", mime="application/octet-stream", key="pred_dl_model",
+                       file_name=f"{stem}.keras", mime="application/octet-stream", key="pred_dl_model",
                        icon=":material/neurology:", on_click="ignore",
                        help=f"{model_path.stat().st_size / 1e6:.0f} MB")
-    tflite = run.tflite_path
-    fresh = tflite.exists() and tflite.stat().st_mtime_ns >= model_path.stat().st_mtime_ns
-    with d4:
-        if fresh:
-            st.download_button("TFLite (model.tflite)", functools.partial(tflite.read_bytes),
-                               file_name=f"{run_id}.tflite", mime="application/octet-stream", key="pred_dl_tflite",
-                               icon=":material/smartphone:", on_click="ignore",
-                               help="Fixed input: one square RGB image, float 0–255.")
-        elif st.button("Make a TFLite file", key="pred_make_tflite", icon=":material/smartphone:",
-                       help="Converts the model for phones and small devices (takes up to a minute)."):
-            from core.export import ExportError, export_tflite
+    size = run.config().input_size()
+    checks = run.exports()
+    for fmt in FORMATS.values():
+        key = fmt.name.replace("-", "_")
+        name_col, action_col, check_col = st.columns([2, 2, 5], vertical_alignment="center")
+        name_col.markdown(f"**{fmt.title}**  \n{fmt.purpose}")
+        with action_col:
+            if conversion_is_current(run, fmt.file):
+                path = run.file(fmt.file)
+                st.download_button(fmt.file, functools.partial(path.read_bytes), file_name=f"{stem}-{fmt.file}",
+                                   mime="application/octet-stream", key=f"pred_dl_{key}",
+                                   icon=":material/download:", on_click="ignore",
+                                   help=f"Input: {input_text(fmt, size)}.")
+            elif st.button(f"Make {fmt.file}", key=f"pred_make_{key}", icon=":material/build:",
+                           help="Converts model.keras, then re-runs the file on the validation photos to check it "
+                                "(up to a minute or two)."):
+                from core.export import ExportError, export_format  # TensorFlow only when converting
 
-            try:
-                with st.spinner("Converting to TFLite…"):
-                    export_tflite(model_path, tflite)
-                st.rerun()
-            except ExportError as exc:
-                st.error(f"The conversion failed: {md(exc)}")
+                try:
+                    with st.spinner(f"Converting to {fmt.title} and checking it…"):
+                        export_format(run, fmt.name)
+                    st.rerun()
+                except (ExportError, OSError) as exc:
+                    st.error(f"The conversion failed: {md(exc)}")
+        with check_col:
+            if conversion_is_current(run, fmt.file):
+                kind, sentence = conversion_check_sentence(checks.get(fmt.name))
+                getattr(st, kind)(sentence)
+                with st.expander("How to use it"):
+                    st.caption(f"Input: {input_text(fmt, size)}. Output: one probability per class, in the "
+                               f"order of labels.json.")
+                    st.code(snippet(fmt, size), language=fmt.language)

@@ -9,7 +9,7 @@ from core.runs import ACTIVE_STATES, RunError, delete_run, get_run, retrained_fr
 from ui.common import md
 from ui.engine_views import engine_panel
 from ui.frame import require_frame
-from ui.state import init_state
+from ui.state import init_state, set_run
 
 require_frame(__file__)
 init_state()
@@ -44,7 +44,9 @@ def retrain_comparison(table) -> None:
         return
     before = before_rows.iloc[0]
     with st.container(border=True):
-        st.markdown(f"**Your last fix-and-retrain:** `{md(source_id)}` → `{md(after['run'])}`")
+        titles = dict(zip(table["run"], table["title"], strict=True))
+        st.markdown(f"**Your last fix-and-retrain:** {md(titles.get(source_id, source_id))} → "
+                    f"{md(after['title'])}")
         c1, c2, c3 = st.columns(3)
         acc_b, acc_a = before["val_accuracy"], after["val_accuracy"]
         if acc_a is not None and acc_b is not None:
@@ -75,10 +77,14 @@ table["mode"] = table["mode"].fillna("?")
 keep_ticked_runs(table["run"].tolist())
 event = st.dataframe(
     table, key=TABLE_KEY, on_select="rerun", selection_mode="multi-row", hide_index=True,
-    column_order=["run", "name", "dataset", "mode", "backbone", "val_accuracy", "test_accuracy", "seconds",
-                  "status", "date"],
+    # What tells runs apart first (a narrow window shows the first columns); the folder id last.
+    column_order=["title", "dataset", "val_accuracy", "mode", "status", "date", "seconds", "test_accuracy",
+                  "backbone", "run"],
     column_config={
-        "run": st.column_config.TextColumn("run", help="The run's folder name (date, time, mode)."),
+        "title": st.column_config.TextColumn("name", pinned=True,
+                                             help="The name given at Start, else mode · dataset · time."),
+        "dataset": st.column_config.TextColumn("dataset", help="The dataset the run trained on."),
+        "run": st.column_config.TextColumn("run id", help="The run's folder name (date, time, mode)."),
         "mode": st.column_config.TextColumn("mode", help="scratch: a small network learns alone; bottleneck: "
                                                          "pretrained features + small classifier; finetune: "
                                                          "then also adjusts the top of the pretrained network."),
@@ -100,11 +106,15 @@ if selected.empty:
 
 
 def label(row) -> str:
-    return f"{row['name'] or row['run']} ({row['mode']})"
+    return f"{row['title']} ({row['mode']}, on {row['dataset']})"
 
 
 # ------------------------------------------------------------------------------------------- curves
-histories = {label(row): get_run(row["run"]).history() for _, row in selected.iterrows()}
+labels = [label(row) for _, row in selected.iterrows()]
+# Two runs may carry the same name: the chart's legend (keyed by label) must keep both.
+labels = [f"{text} · {run_id}" if labels.count(text) > 1 else text for text, run_id in zip(labels, selected["run"],
+                                                                                          strict=True)]
+histories = {text: get_run(run_id).history() for text, run_id in zip(labels, selected["run"], strict=True)}
 st.subheader("Learning curves")
 st.caption("Validation curves show how well each model does on photos it does not learn from; when the training "
            "curve keeps rising but the validation curve does not, the model is memorising its photos.")
@@ -152,7 +162,7 @@ for _, row in selected.iterrows():
                      disabled=not run.has_results(),
                      help="Open its confusion matrix and photos." if run.has_results() else
                      "This run has no results."):
-            st.session_state["run_id"] = run_id
+            set_run(run_id)
             st.session_state.pop("pred_run", None)
             st.switch_page("pages/5_predictions.py")
         if row["status"] in ACTIVE_STATES:

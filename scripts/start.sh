@@ -14,4 +14,7 @@ if [ ! -e "$prepared" ]; then
     echo "(could not prepare it now; the first training will)"
   fi
 fi
+# The warm engine (one worker process that keeps TensorFlow loaded for every training) starts now, beside the
+# server, so the first training does not wait for it; the app restarts it whenever it is needed.
+.venv/bin/python -c "from core.engine import ensure_worker; ensure_worker()" || echo "(the engine starts with the first training)"
 exec .venv/bin/streamlit run app.py --server.port "${PORT:-8501}" "$@"

@@ -72,7 +72,8 @@ def test_ui_times_refresh_reads_while_a_run_trains(workspace, run_bench):
 
 def test_finetune_cached_compares_with_the_apps_finetune(workspace, run_bench):
     out = run_bench("finetune_cached.py")
-    assert rows(out, "finetune (the app's mode)") and rows(out, "top block on cached activations"), out
+    assert rows(out, "finetune --finetune-full") and rows(out, "finetune (cached), cold cache") \
+        and rows(out, "finetune (cached), warm cache"), out
 
 
 @pytest.mark.parametrize("script", ["extract.py", "train.py", "augment.py", "memory.py", "ui.py",

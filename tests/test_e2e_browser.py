@@ -145,6 +145,84 @@ def test_train_from_the_browser_and_see_predictions(server, page, output):
     assert len(runs) == 1 and (runs[0] / "model.keras").exists()
 
 
+def grid_columns(page) -> int:
+    """Cards in the first row of the Predictions grid (same top edge as the first card)."""
+    return page.evaluate("""() => {
+        const cards = [...document.querySelectorAll('[class*="st-key-fsgrid-pred"] > div')];
+        if (!cards.length) return 0;
+        const top = Math.round(cards[0].getBoundingClientRect().top);
+        return cards.filter(c => Math.round(c.getBoundingClientRect().top) === top).length;
+    }""")
+
+
+def names_broken_mid_word(page) -> list[str]:
+    """Grid names that wrap onto a second line or are cut without their tooltip."""
+    return page.evaluate("""() => [...document.querySelectorAll('[class*="st-key-fsgrid-pred"] .fs-name')]
+        .filter(e => e.getClientRects().length && (e.scrollHeight > 1.8 * parseFloat(getComputedStyle(e).lineHeight)
+                                                   || !e.title))
+        .map(e => e.innerText)""")
+
+
+def test_layout_fits_800_and_1400_px_and_choices_survive_a_reload(server, page, output, project_root, demo_run):
+    """Issue 12 in the browser: the dataset survives a reload; the grid has fewer columns at 800 px than at
+    1400 px and keeps names whole; no request leaves the machine (the page icon is served locally)."""
+    url, ws = server
+    if not any((ws / "runs").glob("*/predictions.csv")):  # run alone (-k layout): a finished run to look at
+        shutil.copytree(demo_run, ws / "runs" / demo_run.name)
+    mine = ws / "datasets" / "my photos"
+    for cls in ("fish", "tools"):
+        shutil.copytree(project_root / "data" / "demo" / cls, mine / cls)
+    outside, errors = [], []
+
+    def on_request(request) -> None:
+        if not request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
+            outside.append(request.url)
+
+    def on_console(message) -> None:
+        if message.type == "error":
+            errors.append(message.text)
+
+    page.on("request", on_request)
+    page.on("console", on_console)
+    try:
+        page.goto(f"{url}/training?dataset=my+photos")
+        wait_idle(page, "Training")
+        assert "my photos" in page.locator("[data-testid='stSidebar']").inner_text()
+        page.reload()
+        wait_idle(page, "Training")
+        assert "my photos" in page.locator("[data-testid='stSidebar']").inner_text()  # not back on the demo
+        assert "dataset=my" in page.url
+        # Another page keeps it too (the navigation drops the query; the app writes it back).
+        page.goto(f"{url}/dataset")
+        wait_idle(page, "Dataset")
+        assert "my photos" in page.locator("[data-testid='stSidebar']").inner_text()
+
+        page.goto(f"{url}/predictions?dataset=*demo")
+        wait_idle(page, "Predictions")
+        wide = grid_columns(page)
+        assert not names_broken_mid_word(page)
+        page.screenshot(path=str(output / "predictions-1400.png"), full_page=True)
+        page.set_viewport_size({"width": 800, "height": 1000})
+        page.wait_for_timeout(800)
+        narrow = grid_columns(page)
+        assert 1 <= narrow < wide, (narrow, wide)
+        assert not names_broken_mid_word(page)
+        page.screenshot(path=str(output / "predictions-800.png"), full_page=True)
+        page.goto(f"{url}/runs")
+        wait_idle(page, "Runs")
+        page.screenshot(path=str(output / "runs-800.png"), full_page=True)
+        assert_no_exception(page)
+        assert not outside, outside  # the page icon came from the server, not a font CDN
+        assert not [e for e in errors if "fonts.g" in e or "material" in e.lower()], errors
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.remove_listener("request", on_request)
+        page.remove_listener("console", on_console)
+        shutil.rmtree(mine, ignore_errors=True)
+        page.goto(f"{url}/dataset?dataset=*demo")  # the next tests start on the demo
+        wait_idle(page, "Dataset")
+
+
 def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path, project_root, output):
     """Issue 4 in the browser: copy the demo, upload unlabelled photos, accept the model's suggestions, retrain."""
     import json
@@ -206,7 +284,7 @@ def test_predictions_wait_for_the_model_file_then_show_what_needs_it(server, pag
     from core.runs import get_run, process_start_time
 
     url, ws = server
-    run_dir = ws / "runs" / f"zz-{demo_run.name}"  # sorts first: the page's default run
+    run_dir = ws / "runs" / f"zz-{demo_run.name}"
     shutil.copytree(demo_run, run_dir)
     saved = run_dir.parent / "model.keras.saved"
     (run_dir / "model.keras").rename(saved)
@@ -214,7 +292,7 @@ def test_predictions_wait_for_the_model_file_then_show_what_needs_it(server, pag
     try:
         get_run(run_dir).update_status(model_file="writing", pid=stand_in.pid,
                                        pid_start=process_start_time(stand_in.pid))
-        page.goto(f"{url}/predictions")
+        page.goto(f"{url}/predictions?run={run_dir.name}")  # else the page reopens the run last looked at
         page.wait_for_selector("text=Writing the model file", timeout=120_000)
         page.wait_for_selector("text=Confusion matrix", timeout=60_000)
         assert page.get_by_text("Photos or a .zip").count() == 0

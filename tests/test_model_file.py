@@ -100,3 +100,17 @@ def test_predictions_page_writes_a_missing_model_file_again(run_copy, open_app_p
     assert not at.exception and not at.error
     assert at.get("file_uploader") and (run_copy / "model.keras").exists()
     _model_agrees_with_predictions(run_copy)
+
+
+def test_the_saved_model_answers_the_same_when_called_directly(demo_run, demo_dataset):
+    """A user's `model(x)` (not only `model.predict`) gets the app's answer, every time: no layer runs in its
+    training mode (dropout) in the exported model."""
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    model = keras.saving.load_model(demo_run / "model.keras")
+    photo = np.asarray(Image.open(sorted((demo_dataset / "fish").glob("*.jpg"))[0]).convert("RGB"), np.float32)[None]
+    first, second = model(photo).numpy(), model(photo).numpy()
+    np.testing.assert_allclose(first, second, atol=1e-6)
+    np.testing.assert_allclose(first, model.predict(photo, verbose=0), atol=1e-5)

@@ -30,8 +30,13 @@ def n_images(at: AppTest) -> int:
 
 
 def texts(at: AppTest) -> str:
-    """The page's markdown and captions as shown (class and file names are escaped for markdown)."""
-    return re.sub(r"\\(.)", r"\1", "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption]))
+    """The page's markdown, captions and HTML lines as shown (class and file names are escaped for markdown; the
+    grid's names are HTML lines, ui.layout.name_line)."""
+    import html
+
+    lines = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    shown = re.sub(r"\\(.)", r"\1", "\n".join(lines))
+    return shown + "\n" + "\n".join(html.unescape(h.proto.body) for h in at.get("html"))
 
 
 @pytest.fixture
@@ -125,14 +130,14 @@ def test_filters_and_confusion_from_predictions(tmp_path):
 
 
 def test_moved_files_and_test_split_do_not_break_the_page(run_copy, predictions_page):
-    """Images relabelled or deleted since training show as "file moved"; a run with test photos gets a selector."""
+    """Images deleted since training show as "file gone"; a run with test photos gets a selector."""
     frame = pd.read_csv(run_copy / "predictions.csv")
     val_rows = frame.index[frame["split"] == "val"]
     frame.loc[val_rows[0], "path"] = str(run_copy / "gone" / "missing.jpg")
     frame.loc[val_rows[-3:], "split"] = "test"
     frame.to_csv(run_copy / "predictions.csv", index=False)
     at = predictions_page()
-    assert any("file moved" in m.value for m in at.markdown)
+    assert any("file gone" in m.value for m in at.markdown)
     assert n_images(at) == min(24, len(val_rows) - 3) - 1
     at.segmented_control(key="pred_split").set_value("test").run()
     assert not at.exception
@@ -183,6 +188,30 @@ def test_tflite_is_offered_only_when_it_matches_the_model(run_copy, predictions_
     os.utime(tflite, (keras_mtime + 60, keras_mtime + 60))
     at.run()
     assert "pred_dl_tflite" in {b.key for b in at.get("download_button")}
+
+
+def test_each_conversion_is_offered_with_its_check_and_a_snippet(run_copy, predictions_page):
+    """Issue 13.5: a current conversion is downloadable next to its check (exports.json) and how to use it; one not
+    made yet has a Make button. (Real conversions: tests/test_exports.py.)"""
+    run = Run(run_copy)
+    (run_copy / Run.ONNX).write_bytes(b"stand-in")
+    run.record_export("onnx", {"format": "onnx", "file": Run.ONNX, "size_bytes": 14_800_000,
+                               "keras_size_bytes": 15_500_000, "n_images": 25, "max_abs_diff": 6e-7,
+                               "same_top1": 1.0, "accuracy": 1.0, "app_accuracy": 1.0})
+    (run_copy / Run.TFLITE_INT8).write_bytes(b"stand-in")
+    run.record_export("tflite-int8", {"format": "tflite-int8", "file": Run.TFLITE_INT8, "size_bytes": 4_300_000,
+                                      "keras_size_bytes": 15_500_000, "n_images": 25, "max_abs_diff": 0.3,
+                                      "same_top1": 0.96, "accuracy": 0.96, "app_accuracy": 1.0})
+    at = predictions_page()
+    keys = {b.key for b in at.get("download_button")}
+    assert {"pred_dl_onnx", "pred_dl_tflite_int8"} <= keys and "pred_dl_tflite" not in keys
+    assert at.button(key="pred_make_tflite")
+    assert any("4.3 MB" in w.value and "96%" in w.value and "accuracy 96.0% (the app: 100.0%)" in w.value
+               for w in at.warning)
+    assert any("14.8 MB" in s.value and "100%" in s.value for s in at.success)
+    codes = [c.value for c in at.code]
+    assert any("onnxruntime.InferenceSession(\"model.onnx\")" in c and "(224, 224)" in c for c in codes)
+    assert any("model-int8.tflite" in c and "np.uint8" in c for c in codes)
 
 
 def test_fix_a_photo_from_a_confusion_cell_then_retrain(run_copy, demo_run, demo_dataset, predictions_page):

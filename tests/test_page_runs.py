@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.runs import process_start_time
+from core.runs import Run, process_start_time, run_title
 
 
 @pytest.fixture
@@ -64,7 +64,8 @@ def test_table_lists_the_run_and_selection_overlays_its_curves(demo_run, monkeyp
     history = pd.read_csv(demo_run / "history.csv")
     for chart, metric in zip(charts, ["val_accuracy", "val_loss", "accuracy"]):
         traces = json.loads(chart.proto.spec)["data"]
-        assert [trace["name"] for trace in traces] == [f"{demo_run.name} (bottleneck)"]
+        # Runs are named as people read them (the name typed at Start, else mode · dataset · time).
+        assert [trace["name"] for trace in traces] == [f"{run_title(Run(demo_run))} (bottleneck, on built-in demo)"]
         assert array(traces[0]["x"]).tolist() == history["epoch"].tolist()
         assert np.allclose(array(traces[0]["y"]), history[metric])
     assert any(demo_run.name in m.value for m in at.markdown)
@@ -137,7 +138,9 @@ def test_a_retrain_is_shown_before_and_after(run_copy, runs_page):
     metrics.update(val_accuracy=metrics["val_accuracy"] - 0.04, n_extracted=3)
     (after / "metrics.json").write_text(json.dumps(metrics))
     at = runs_page()
-    assert any("last fix-and-retrain" in m.value and run_copy.name in m.value for m in at.markdown)
+    source_title = run_title(Run(run_copy))
+    assert any("last fix-and-retrain" in m.value and source_title in m.value.replace("\\", "")
+               and "retrain of" in m.value for m in at.markdown)
     accuracy = next(m for m in at.metric if m.label == "Validation accuracy")
     assert accuracy.delta == "-4.0 points"
     assert next(m for m in at.metric if m.label == "Photos processed anew").value == "3"

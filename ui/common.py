@@ -9,7 +9,7 @@ import streamlit as st
 
 from core import images
 from core.datasets import Dataset, DatasetError, scan_dataset
-from core.workspace import DEMO_DATASET, PathError, ensure_allowed
+from core.workspace import PathError, ensure_allowed
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
 
@@ -90,8 +90,10 @@ def thumb(path: str | Path, side: int = 160) -> bytes | None:
 
 
 def dataset_label(path: str | Path) -> str:
-    path = Path(path)
-    return "built-in demo (gcompris)" if path.resolve() == DEMO_DATASET.resolve() else path.name
+    """The dataset's readable name: the demo and an editable copy of it read apart."""
+    from core.labeling.copies import dataset_title
+
+    return dataset_title(path)
 
 
 def unsaved_uploads(files: list | None) -> list:

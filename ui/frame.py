@@ -28,6 +28,9 @@ def require_frame(page_file: str) -> None:
     """First thing on every page (`require_frame(__file__)`): outside app.py's frame, go through app.py."""
     if st.session_state.get(FRAME_FLAG):
         return
+    from ui.state import init_state
+
+    init_state()  # reads the URL's ?dataset=…&run=… before the hand-over drops them; app.py writes them back
     st.session_state[WANTED_PAGE] = f"pages/{Path(page_file).name}"
     st.switch_page("app.py")
 

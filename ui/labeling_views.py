@@ -253,6 +253,20 @@ def _fix_copy(dataset_root: Path) -> None:
              icon=":material/content_copy:")
 
 
+def image_now(dataset_root: Path, image_path: Path) -> Path | None:
+    """Where a photo a run recorded is now: followed through the dataset's (or its editable copy's) journal of
+    fixes, so a photo moved to another class keeps its thumbnail, in the user's dataset as in the demo's copy."""
+    image_path = Path(image_path)
+    try:
+        copy = labeling.working_copy(dataset_root, prefer=st.session_state.get("dataset"))
+        found = labeling.counterpart(dataset_root, image_path, copy) if copy is not None else None
+    except _ERRORS:
+        found = None
+    if found is not None and not labeling.in_trash(copy, found):
+        return found
+    return image_path if image_path.exists() else None
+
+
 def fix_controls(dataset_root: Path, image_path: Path, classes: list[str], key: str) -> None:
     """Small widgets to fix one image where it is shown (a wrong prediction, a confusion cell's photo):
     move it to the right class, or delete it (to the dataset's trash; undo and restore on the Label page).
@@ -339,7 +353,7 @@ def retrain_status(key: str) -> None:
         return
     active = new.status().state in ACTIVE_STATES
     # Poll while it trains; once it ends the fragment reruns the page, so the new run is listed everywhere.
-    st.fragment(_retrain_progress, run_every="1s" if active else None)(new, active, key)
+    st.fragment(_retrain_progress, run_every=0.5 if active else None)(new, active, key)
 
 
 def _retrain_progress(new: Run, was_active: bool, key: str) -> None:

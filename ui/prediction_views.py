@@ -124,6 +124,28 @@ def export_check_sentence(check: dict | None) -> tuple[str, str]:
                        f"{n} validation images (probabilities differ by up to {diff:.2f}): retrain before using it.")
 
 
+def conversion_check_sentence(check: dict | None) -> tuple[str, str]:
+    """("success"|"warning"|"info", plain words) for one conversion's entry in exports.json."""
+    if not check:
+        return "info", "Not checked yet."
+    size = f"{check['size_bytes'] / 1e6:.1f} MB (model.keras: {check['keras_size_bytes'] / 1e6:.1f} MB)"
+    if not check.get("n_images"):
+        return "info", f"{size}. Not checked: this run has no validation photos."
+    n, same, diff = check["n_images"], check["same_top1"], check["max_abs_diff"]
+    acc, app = check["accuracy"], check["app_accuracy"]
+    words = (f"{size}. Checked on {n} validation photos: the same answer as the app on {same:.0%} of them, "
+             f"probabilities differ by up to {diff:.1e}; accuracy {acc:.1%} (the app: {app:.1%}).")
+    if same == 1.0:
+        return "success", words
+    return "warning", words + f" Quantisation or conversion changes {1 - same:.0%} of the answers."
+
+
+def conversion_is_current(run, file_name: str) -> bool:
+    """The converted file exists and is not older than model.keras (a retrained run makes it stale)."""
+    path, model = run.file(file_name), run.model_path
+    return path.exists() and model.exists() and path.stat().st_mtime_ns >= model.stat().st_mtime_ns
+
+
 # ------------------------------------------------------------------------------------------- the model file
 def model_file_ready(run, key: str) -> bool:
     """True when the run's model.keras is on disk; otherwise says why (and what to do) and returns False.

@@ -2,6 +2,10 @@
 
 Widget values are dropped when their page is left, so each page copies what it needs from these keys into
 its widgets' defaults and writes changes back.
+
+The dataset and the run being looked at also live in the URL (`?dataset=…&run=…`) and in the workspace
+(core.preferences): a reload, a bookmark or a second tab shows the same thing. A new session takes them from the
+URL first, then from the workspace's last choice, then the defaults.
 """
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ from pathlib import Path
 
 import streamlit as st
 
+from core import preferences
 from core.augment import AugmentConfig
 from core.backbones import DEFAULT_BACKBONE
-from core.workspace import DEMO_DATASET
+from core.datasets import DatasetError
+from core.datasets.importing import dataset_name
+from core.workspace import DEMO_DATASET, datasets_dir
 
 DEFAULTS = {
     "dataset": str(DEMO_DATASET),       # the dataset every page works on
@@ -22,12 +29,73 @@ DEFAULTS = {
     "seed": 0,
     "run_id": None,                      # the run the Predictions page shows
 }
+# The built-in demo in the URL. A workspace dataset's name never starts with "*" (core.datasets.names.safe_name
+# replaces it), so this cannot clash with a dataset the user called "demo" (an editable copy is often named so).
+DEMO_PARAM = "*demo"
+DATASET_PARAM, RUN_PARAM = "dataset", "run"
+_RESTORED = "_state_restored"
+
+
+def dataset_to_param(path: str | Path) -> str | None:
+    path = Path(path)
+    if path.resolve() == DEMO_DATASET.resolve():
+        return DEMO_PARAM
+    if path.resolve().parent == datasets_dir().resolve():
+        return path.name
+    return None
+
+
+def dataset_from_param(value: str | None) -> Path | None:
+    """The dataset a URL (or the workspace's memory) names, or None when it names none that exists."""
+    if not value:
+        return None
+    if value == DEMO_PARAM:
+        return DEMO_DATASET
+    try:
+        if dataset_name(value) != value:  # a path, `..` or other trick: only plain dataset names
+            return None
+    except DatasetError:
+        return None
+    path = datasets_dir() / value
+    return path if path.is_dir() else None
+
+
+def _restore(missing: set[str]) -> None:
+    """Once per session, for the keys nothing set yet: the URL's choices, else the workspace's last ones."""
+    remembered = preferences.last_choices()
+    params = st.query_params
+    dataset = dataset_from_param(params.get(DATASET_PARAM)) or (
+        Path(remembered["dataset"]) if remembered.get("dataset") and Path(remembered["dataset"]).is_dir() else None)
+    if dataset is not None and "dataset" in missing:
+        st.session_state["dataset"] = str(dataset)
+    run_id = params.get(RUN_PARAM) or remembered.get("run_id")
+    if run_id and "run_id" in missing:
+        st.session_state["run_id"] = run_id
 
 
 def init_state() -> None:
-    for key, value in DEFAULTS.items():
-        if key not in st.session_state:
-            st.session_state[key] = value.copy() if isinstance(value, dict) else value
+    missing = {key for key in DEFAULTS if key not in st.session_state}
+    for key in missing:
+        value = DEFAULTS[key]
+        st.session_state[key] = value.copy() if isinstance(value, dict) else value
+    if not st.session_state.get(_RESTORED):
+        st.session_state[_RESTORED] = True
+        _restore(missing)
+
+
+def publish_state() -> None:
+    """Write the session's dataset and run into the URL and the workspace (app.py, on every run: moving to
+    another page clears the URL's query parameters, and a widget may have changed the session's keys)."""
+    init_state()
+    dataset_param = dataset_to_param(st.session_state["dataset"])
+    run_id = st.session_state.get("run_id")
+    wanted = {DATASET_PARAM: dataset_param, RUN_PARAM: run_id}
+    for key, value in wanted.items():
+        if value and st.query_params.get(key) != value:
+            st.query_params[key] = value
+        elif not value and key in st.query_params:
+            del st.query_params[key]
+    preferences.remember(dataset=st.session_state["dataset"] if dataset_param else None, run_id=run_id)
 
 
 def dataset_path() -> Path:
@@ -37,9 +105,16 @@ def dataset_path() -> Path:
 
 def set_dataset(path: str | Path) -> None:
     st.session_state["dataset"] = str(path)
+    publish_state()
+
+
+def set_run(run_id: str | None) -> None:
+    """The run the Predictions page (and the URL) shows."""
+    init_state()
+    st.session_state["run_id"] = run_id
+    publish_state()
 
 
 def augment_config() -> AugmentConfig:
     init_state()
     return AugmentConfig.from_dict(st.session_state["augment"])
-

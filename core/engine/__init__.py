@@ -10,10 +10,10 @@
 This package imports no TensorFlow (the pages use it); execute.py loads it when a run starts.
 """
 from core.engine.execute import execute_run, friendly_error, write_run_model
-from core.engine.executors import Executor, ExecutorView, LocalWorkerExecutor, get_executor
+from core.engine.executors import Executor, ExecutorView, LocalWorkerExecutor, ProcessExecutor, get_executor
 from core.engine.submit import retrain, submit
-from core.engine.worker import WorkerInfo, ensure_worker, keep_engine_running, read_worker, stop_worker
+from core.engine.worker import EngineError, WorkerInfo, ensure_worker, keep_engine_running, read_worker, stop_worker
 
-__all__ = ["Executor", "ExecutorView", "LocalWorkerExecutor", "WorkerInfo", "ensure_worker", "execute_run",
-           "friendly_error", "get_executor", "keep_engine_running", "read_worker", "retrain", "stop_worker", "submit",
-           "write_run_model"]
+__all__ = ["EngineError", "Executor", "ExecutorView", "LocalWorkerExecutor", "ProcessExecutor", "WorkerInfo",
+           "ensure_worker", "execute_run", "friendly_error", "get_executor", "keep_engine_running", "read_worker",
+           "retrain", "stop_worker", "submit", "write_run_model"]

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from core import fsutil
 from core.runs import Run, RunStatus, process_start_time
-from core.workspace import features_dir, workspace_root
+from core.workspace import activations_dir, features_dir, workspace_root
 
 
 @contextmanager
@@ -81,8 +81,9 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
         if run.stop_requested():
             raise _StoppedWhileQueued()
         with training_slot(run) if exclusive else nullcontext():
-            if exclusive:  # only runs write the feature cache, and they take turns: what a killed one left is stale
-                fsutil.remove_temp_files(features_dir())
+            if exclusive:  # only runs write the feature and activation caches, and they take turns: what a killed
+                fsutil.remove_temp_files(features_dir())  # one left half-written is stale
+                fsutil.remove_temp_files(activations_dir())
             run.update_status(state="running", started_at=time.time(), error=None)
             result = train(run.config(), run, reporter)
         state = "stopped" if run.stop_requested() else "done"

@@ -1,6 +1,7 @@
 """The executor boundary: what runs queued run folders. One interface, two implementations:
 
     LocalWorkerExecutor   the default: the queue folder + the warm worker on this machine, one run at a time
+    ProcessExecutor       FEWSHOT_EXECUTOR=process: a new process per run (the benchmarks' baseline, a fallback)
     RayExecutor           a Ray cluster (core/engine/ray_executor.py): one run per CPU share of the cluster at once,
                           chosen when FEWSHOT_RAY_ADDRESS is set (or `python -m core --ray ADDRESS ...`)
 
@@ -88,15 +89,39 @@ class LocalWorkerExecutor:
         run.request_stop()
 
 
+class ProcessExecutor:
+    """FEWSHOT_EXECUTOR=process: each run in a new process of its own (the design before the warm engine, kept for
+    side-by-side benchmarks and as a fallback). Runs take turns through the training slot."""
+
+    kind = "process"
+
+    def submit(self, run: Run) -> Run:
+        from core.runs import start_run_process
+
+        run.update_status(executor=self.kind)
+        start_run_process(run)
+        return run
+
+    def describe(self) -> ExecutorView:
+        placements = _placements(self.kind)
+        return ExecutorView(self.kind, "this machine", 1, sum(p.state == "queued" for p in placements), placements)
+
+    def stop(self, run: Run) -> None:
+        run.request_stop()
+
+
 def ray_address() -> str | None:
     return os.environ.get(RAY_ADDRESS_ENV) or None
 
 
 def get_executor(address: str | None = None) -> Executor:
-    """Ray when an address is given or configured (FEWSHOT_RAY_ADDRESS), else the local warm worker."""
+    """Ray when an address is given or configured (FEWSHOT_RAY_ADDRESS), a process per run with
+    FEWSHOT_EXECUTOR=process, else the local warm worker."""
     address = address or ray_address()
     if address:
         from core.engine.ray_executor import RayExecutor
 
         return RayExecutor(address)
+    if os.environ.get("FEWSHOT_EXECUTOR") == "process":
+        return ProcessExecutor()
     return LocalWorkerExecutor()

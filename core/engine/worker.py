@@ -27,12 +27,14 @@ from pathlib import Path
 
 from core import fsutil
 from core.engine import queue
+from core.errors import FewShotError
 from core.runs import Run, process_alive, process_start_time
 from core.workspace import PROJECT_ROOT, engine_dir
 
 POLL_SECONDS = 0.05        # how often an idle worker looks at the queue (a directory listing)
 MAX_RUNS = 100             # then the worker exits and the next submission starts a fresh one (bounded memory)
 IDLE_EXIT_SECONDS = 6 * 3600
+START_RETRY_SECONDS = 20.0  # a worker that died before it was ready is not restarted sooner than this
 
 
 @dataclass
@@ -67,6 +69,10 @@ def _write_info(info: WorkerInfo) -> None:
     fsutil.atomic_write_json(_info_path(), asdict(info))
 
 
+class EngineError(FewShotError):
+    """The warm worker cannot start; the message says where its log is."""
+
+
 def ensure_worker() -> WorkerInfo:
     """The live worker, started if there is none (or it died). Cheap when it is running: one small JSON read."""
     info = read_worker()
@@ -77,6 +83,10 @@ def ensure_worker() -> WorkerInfo:
         info = read_worker()
         if info is not None and info.alive:
             return info
+        if info is not None and info.ready_at is None and time.time() - info.started_at < START_RETRY_SECONDS:
+            # It died while starting, moments ago: starting it again at every poll would only repeat that.
+            raise EngineError(f"The training engine failed to start; its log is {engine_dir() / 'worker.log'}. "
+                              f"It is tried again in {START_RETRY_SECONDS:.0f} s.")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(engine_dir() / "worker.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "core.engine.worker"], cwd=PROJECT_ROOT, stdout=log,
@@ -204,6 +214,7 @@ class _Worker:
                             defer=lambda job, log=run.log_path: self.deferred.append(functools.partial(
                                 self._logged, job, log)))
             self.current = None
+            self._prepare_fast_extractor(run)
             self.info.state, self.info.current_run = "ready", None
             self.info.runs_done += 1
             _write_info(self.info)
@@ -212,6 +223,20 @@ class _Worker:
         while self.deferred:  # exiting: finish what finished runs still owe (their model files)
             self._run_deferred()
         return 0
+
+    def _prepare_fast_extractor(self, run: Run) -> None:
+        """Convert the run's backbone for fast extraction when the worker is next idle. A one-off process converts
+        only for big jobs (the conversion costs seconds); in a long-lived worker, and with the conversion kept on
+        disk, every later run gains from it, so small datasets get the fast path from their second run on."""
+        from core.backbones import get_backbone
+        from core.backbones.tflite import MIN_IMAGES_TO_CONVERT, fast_extractor
+
+        try:
+            cfg = run.config()
+            if cfg.mode != "scratch" and get_backbone(cfg.backbone).fast_extract:
+                self.deferred.append(functools.partial(fast_extractor, cfg.backbone, MIN_IMAGES_TO_CONVERT))
+        except Exception:  # an unreadable config or an unknown backbone: the run already said why
+            pass
 
     def _run_deferred(self) -> None:
         job = self.deferred.popleft()

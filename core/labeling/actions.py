@@ -6,10 +6,11 @@ straight into the pool (deleting them later is journalled like any change).
 """
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from core.datasets import DatasetError, validate_class_name
+from core.datasets import DatasetError, iter_image_files, safe_extract_zip, validate_class_name
 from core.datasets.importing import ImportReport, save_uploads
 from core.labeling.journal import Op, apply_moves, new_id
 from core.labeling.places import (
@@ -74,8 +75,28 @@ def delete_images(dataset: str | Path, paths: Iterable[str | Path]) -> list[Op]:
 
 
 def add_unlabelled_uploads(dataset: str | Path, files: Iterable[tuple[str, bytes]]) -> ImportReport:
-    """Save (filename, bytes) uploads into the dataset's unlabelled pool; unreadable files are skipped."""
+    """Save (filename, bytes) uploads into the dataset's unlabelled pool; unreadable files are skipped.
+
+    A `.zip` among them (a flat zip of unsorted photos, or one with folders) adds every photo in it, unsorted:
+    its folders are not classes here, the pool is one flat folder. It is unpacked with the limits of every zip.
+    """
     root = editable_root(dataset)
     pool = pool_folder(root)
     pool.mkdir(exist_ok=True)
-    return save_uploads(pool, files)
+    photos, zips = [], []
+    for name, data in files:
+        (zips if name.lower().endswith(".zip") else photos).append((name, data))
+    report = save_uploads(pool, photos)
+    for name, data in zips:
+        with tempfile.TemporaryDirectory(prefix="fewshot-pool-zip-") as tmp:
+            archive, unpacked = Path(tmp) / "upload.zip", Path(tmp) / "unpacked"
+            archive.write_bytes(data)
+            notes = safe_extract_zip(archive, unpacked)
+            found = list(iter_image_files(unpacked))
+            part = save_uploads(pool, ((path.name, path.read_bytes()) for path in found))
+        report.saved += part.saved
+        report.skipped += part.skipped
+        report.notes += [f"{name}: {note}" for note in notes]
+        if not found:
+            report.skipped.append((name, "the zip holds no photos"))
+    return report

@@ -15,7 +15,7 @@ from core.datasets import DatasetError
 from core.datasets.importing import dataset_name, list_datasets, unique_path
 from core.labeling.journal import locate
 from core.labeling.places import META_DIR, ORIGIN_NAME, LabelingError, meta_dir
-from core.workspace import PathError, datasets_dir, ensure_allowed, is_editable
+from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed, is_editable
 
 
 def make_editable_copy(source: str | Path, name: str) -> Path:
@@ -70,3 +70,19 @@ def counterpart(dataset: str | Path, path: str | Path, copy: str | Path) -> Path
     except ValueError:
         return None
     return locate(copy, Path(copy).resolve() / rel)
+
+
+def dataset_title(dataset: str | Path) -> str:
+    """A dataset's name as people tell them apart: the demo and its editable copy (often also called "demo")
+    must not read the same."""
+    path = Path(dataset)
+    try:
+        if path.resolve() == DEMO_DATASET.resolve():
+            return "built-in demo"
+        origin = origin_of(path)
+    except OSError:
+        return path.name
+    if origin is None:
+        return path.name
+    source = "the built-in demo" if origin.resolve() == DEMO_DATASET.resolve() else origin.name
+    return f"{path.name} (your copy of {source})"

@@ -17,7 +17,9 @@ from core.runs.store import (
                              retrained_from,
                              runs_table,
 )
+from core.runs.titles import default_title, file_stem, run_dataset_title, run_title
 
 __all__ = ["ACTIVE_STATES", "HISTORY_COLUMNS", "RETRAIN_PREFIX", "STATES", "Run", "RunError", "RunStatus",
-           "active_runs", "create_run", "delete_run", "get_run", "library_versions", "list_runs", "new_run_id",
-           "process_alive", "process_start_time", "retrained_from", "runs_table", "start_run_process"]
+           "active_runs", "create_run", "default_title", "delete_run", "file_stem", "get_run", "library_versions",
+           "list_runs", "new_run_id", "process_alive", "process_start_time", "retrained_from", "run_dataset_title",
+           "run_title", "runs_table", "start_run_process"]

@@ -9,7 +9,9 @@
     labels.json      class names, in the model's output order
     head.weights.h5  the trained dense head (bottleneck and finetune runs)
     head_bottleneck.weights.h5   a finetune run's head before fine-tuning
-    model.keras      end-to-end model (raw RGB in, class probabilities out); model.tflite when exported
+    model.keras      end-to-end model (raw RGB in, class probabilities out)
+    model.tflite, model-int8.tflite, model.onnx, model-web.zip   conversions, when exported (core.export)
+    exports.json     each conversion's check: sizes, agreement with model.keras, accuracy on the validation photos
     log.txt          the executing process's output
     STOP             present = stop requested
 
@@ -54,6 +56,10 @@ class Run:
     BOTTLENECK_HEAD = "head_bottleneck.weights.h5"
     MODEL = "model.keras"
     TFLITE = "model.tflite"
+    TFLITE_INT8 = "model-int8.tflite"
+    ONNX = "model.onnx"
+    WEB = "model-web.zip"
+    EXPORTS = "exports.json"
     LOG = "log.txt"
     STOP = "STOP"
 
@@ -161,6 +167,16 @@ class Run:
     def split(self) -> dict | None:
         return fsutil.read_json(self.file(self.SPLIT), None)
 
+    def split_paths(self, split: str) -> list[Path]:
+        """The files of one split ("train", "val", "test") as split.json lists them (some may be gone since)."""
+        items = (self.split() or {}).get("items") or []
+        return [Path(it["path"]) for it in items if it.get("split") == split]
+
+    def exports(self) -> dict[str, dict]:
+        """exports.json: {format: its check} for each conversion made (core.export.check)."""
+        data = fsutil.read_json(self.file(self.EXPORTS), {})
+        return data if isinstance(data, dict) else {}
+
     def predictions(self) -> pd.DataFrame | None:
         """predictions.csv with its names and labels as text and `correct` recomputed from them; None if absent.
         Raises OSError/ValueError when the file cannot be parsed."""
@@ -255,6 +271,9 @@ class Run:
         metrics = {**(self.metrics() or {}), **changes}
         self.write_metrics(metrics)
         return metrics
+
+    def record_export(self, fmt: str, check: dict) -> None:
+        fsutil.atomic_write_json(self.file(self.EXPORTS), {**self.exports(), fmt: check})
 
     @contextmanager
     def writing(self, name: str) -> Iterator[Path]:

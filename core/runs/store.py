@@ -64,6 +64,8 @@ def list_runs(root: str | Path | None = None) -> list[Run]:
 
 def runs_table(root: str | Path | None = None) -> pd.DataFrame:
     """One row per run for the Runs page: the few small JSON files of each, nothing heavy."""
+    from core.runs.titles import run_dataset_title, run_title  # titles imports this module
+
     rows = []
     now = time.time()
     for run in list_runs(root):
@@ -77,7 +79,8 @@ def runs_table(root: str | Path | None = None) -> pd.DataFrame:
         rows.append({
             "run": run.id,
             "name": cfg.get("name", ""),
-            "dataset": Path(train.get("data", "")).name,
+            "title": run_title(run),
+            "dataset": run_dataset_title(run),
             "mode": train.get("mode"),
             "backbone": "—" if train.get("mode") == "scratch" else train.get("backbone"),
             "val_accuracy": metrics.get("val_accuracy"),
@@ -86,7 +89,7 @@ def runs_table(root: str | Path | None = None) -> pd.DataFrame:
             "status": status.state,
             "date": datetime.fromtimestamp(cfg.get("created_at", 0)).strftime("%Y-%m-%d %H:%M"),
         })
-    return pd.DataFrame(rows, columns=["run", "name", "dataset", "mode", "backbone", "val_accuracy",
+    return pd.DataFrame(rows, columns=["run", "name", "title", "dataset", "mode", "backbone", "val_accuracy",
                                        "test_accuracy", "seconds", "status", "date"])
 
 

@@ -61,7 +61,7 @@ def fit_head(head: keras.Model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray 
                 out, loss = predictions_loss(xb, yb, True)
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return (step + 1, total_loss + loss * tf.cast(tf.shape(idx)[0], tf.float32),
-                    correct + tf.reduce_sum(tf.cast(_predicted(out, binary) == yb, tf.int64)))
+                    correct + tf.reduce_sum(tf.cast(predicted_classes(out, binary) == yb, tf.int64)))
 
         _, total_loss, correct = tf.while_loop(lambda step, *_: step < steps, step_fn,
                                                (tf.constant(0), tf.constant(0.0), tf.constant(0, tf.int64)))
@@ -73,7 +73,7 @@ def fit_head(head: keras.Model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray 
         out, _ = predictions_loss(xv, yv, False)
         target = tf.cast(tf.reshape(yv, (-1, 1)), tf.float32) if binary else yv
         loss = loss_fn(target, out)  # unweighted, like fit's val_loss
-        return loss, tf.reduce_mean(tf.cast(_predicted(out, binary) == yv, tf.float32))
+        return loss, tf.reduce_mean(tf.cast(predicted_classes(out, binary) == yv, tf.float32))
 
     rng = np.random.default_rng(cfg.seed)
     has_val = x_val is not None and len(x_val) > 0
@@ -108,7 +108,7 @@ def is_binary_head(head: keras.Model) -> bool:
     return int(head.output_shape[-1]) == 1
 
 
-def _predicted(out: tf.Tensor, binary: bool) -> tf.Tensor:
+def predicted_classes(out: tf.Tensor, binary: bool) -> tf.Tensor:
     if binary:
         return tf.cast(tf.reshape(out, (-1,)) > 0.5, tf.int64)
     return tf.argmax(out, axis=1, output_type=tf.int64)

@@ -3,7 +3,8 @@
     train_scratch           the small convnet, end to end, with augmentation (the baseline)
     train_bottleneck_head   cached backbone features → dense head, in seconds
     finetune                the backbone's top block + head, SGD with a small learning rate, BatchNorm in inference
-                            mode, augmentation on
+                            mode, augmentation on: on cached activations of the frozen lower part (the default,
+                            core.training.finetune_cached), or on whole images every epoch (`finetune_full`)
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.activations import CutError
 from core.augment import build_augmenter
 from core.backbones import build_feature_extractor, get_backbone, set_top_block_trainable
 from core.config import TrainConfig
@@ -22,6 +24,7 @@ from core.reporting import Reporter
 from core.runs import Run, get_run
 from core.tfenv import keras
 from core.training.data import SPLIT_NAMES, SplitData, class_weights
+from core.training.finetune_cached import finetune_on_activations
 from core.training.fit import fit_on_images, rounded
 from core.training.head import HeadFitConfig, fit_head
 from core.workspace import features_dir
@@ -135,7 +138,25 @@ def load_head_from_run(source_path, cfg: TrainConfig, classes: list[str]) -> ker
 
 
 def finetune(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData], head: keras.Model,
-             reporter: Reporter) -> tuple[keras.Model, StageTimes]:
+             reporter: Reporter) -> tuple[keras.Model, StageTimes, dict]:
+    """The fine-tune stage: on cached activations unless `cfg.finetune_full` (or the backbone cannot be cut below
+    its top block). Also returns what metrics.json reports as "finetune": which path ran and what it cached."""
+    if not cfg.finetune_full:
+        try:
+            result = finetune_on_activations(cfg, n_classes, splits, head, reporter)
+        except CutError as exc:
+            reporter.log(f"fine-tuning on full images: {exc}")
+        else:
+            # Both parts count as training, so train_seconds compares with the full path's.
+            return result.classifier, StageTimes(train_seconds=result.activation_seconds + result.train_seconds), \
+                result.info
+    reporter.log("fine-tuning on full images (every epoch through the whole backbone)")
+    classifier, times = finetune_full(cfg, n_classes, splits, head, reporter)
+    return classifier, times, {"path": "full"}
+
+
+def finetune_full(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData], head: keras.Model,
+                  reporter: Reporter) -> tuple[keras.Model, StageTimes]:
     """Unfreeze the backbone's top block and train it with the head: SGD(lr, momentum 0.9), augmentation on."""
     spec = get_backbone(cfg.backbone)
     # A fresh copy: fine-tuning the process-wide cached extractor would change the features (and cache entries)

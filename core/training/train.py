@@ -50,6 +50,7 @@ def train(cfg: TrainConfig, run: Run, reporter: Reporter) -> TrainResult:
     probs: dict[str, np.ndarray] = {}
     head = None
     body = None  # the trained image model; None while only the head was trained (the backbone stays frozen)
+    finetune_info = None  # which fine-tune path ran, and what its activation cache did
     if cfg.mode == "scratch":
         body, stage_times = train_scratch(cfg, n_classes, splits, reporter)
         times += stage_times
@@ -62,7 +63,7 @@ def train(cfg: TrainConfig, run: Run, reporter: Reporter) -> TrainResult:
         if cfg.mode == "finetune" and not reporter.should_stop() and cfg.finetune_epochs:
             with run.writing(Run.BOTTLENECK_HEAD) as tmp:
                 head.save_weights(tmp)
-            body, stage_times = finetune(cfg, n_classes, splits, head, reporter)
+            body, stage_times, finetune_info = finetune(cfg, n_classes, splits, head, reporter)
             times += stage_times
             probs = {}
     if reporter.should_stop() and not reporter.history:
@@ -103,7 +104,8 @@ def train(cfg: TrainConfig, run: Run, reporter: Reporter) -> TrainResult:
         "per_class": val_metrics["per_class"], "confusion": val_metrics["confusion"],
         "test": test_metrics,
         "train_seconds": round(times.train_seconds, 3), "extract_seconds": round(times.extract_seconds, 3),
-        "n_extracted": times.n_extracted, "total_seconds": round(time.perf_counter() - t0, 3),
+        "n_extracted": times.n_extracted, "finetune": finetune_info,
+        "total_seconds": round(time.perf_counter() - t0, 3),
         "export_check": None, "stopped_early_by_user": reporter.should_stop(),
         "phase_seconds": reporter.finish(),
     }

@@ -1,4 +1,4 @@
-"""The exported model: save it safely, check it predicts what the app predicted, convert it to TFLite, use it.
+"""The run's `model.keras`: save it safely, load it, predict files with it, check it predicts what the app did.
 
 `model.keras` takes raw RGB images of any size (0..255) and returns one probability per class, in the order of
 `labels.json`. It is plain Keras: `keras.saving.load_model("model.keras")` needs no code of this project.
@@ -12,12 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from core import fsutil, images
-from core.errors import FewShotError
+from core.export.base import ExportError, input_size
 from core.tfenv import keras, tf
-
-
-class ExportError(FewShotError):
-    """A model that cannot be saved, loaded or converted."""
 
 
 def save_model(model: keras.Model, path: Path) -> None:
@@ -49,7 +45,7 @@ def predict_files(model: keras.Model, paths: Sequence[str | Path], batch_size: i
     Each image is decoded by the app's one decoder and resized by the model's own Resizing layer: exactly what a
     user of `model.keras` outside the app gets when they feed it the decoded RGB image.
     """
-    size = int(model.get_layer("resize").height)
+    size = input_size(model)
     n_out = int(model.output_shape[-1])
     probs = np.full((len(paths), n_out), np.nan)
     failed: list[tuple[Path, str]] = []
@@ -87,23 +83,3 @@ def check_export(model_path: Path, paths: Sequence[Path], expected: np.ndarray) 
     diff = np.abs(got[ok] - expected[ok])
     return {"n_images": int(ok.sum()), "max_abs_diff": float(diff.max()) if diff.size else 0.0,
             "same_top1": float((got[ok].argmax(1) == expected[ok].argmax(1)).mean()) if ok.any() else None}
-
-
-def export_tflite(model_path: Path, out_path: Path) -> Path:
-    """Convert the run's model to TFLite with a fixed size×size×3 input (float32 0..255)."""
-    model = load_model(model_path)
-    size = int(model.get_layer("resize").height)
-    # TFLite has no antialiased resize op: the .tflite takes images already resized to size×size (RGB, 0..255),
-    # so it is built from the layers after the model's Resizing layer.
-    fixed_in = keras.Input((size, size, 3), batch_size=1, name="image")
-    x = fixed_in
-    for layer in model.layers[model.layers.index(model.get_layer("resize")) + 1:]:
-        x = layer(x)
-    fixed = keras.Model(fixed_in, x)
-    try:
-        converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
-        data = converter.convert()
-    except Exception as exc:
-        raise ExportError(f"TFLite conversion failed: {exc}") from exc
-    fsutil.atomic_write_bytes(out_path, data)
-    return out_path

@@ -1,0 +1,179 @@
+"""Fine-tuning on cached activations: what `--mode finetune` does unless `finetune_full` is set.
+
+The full fine-tune sends every training image, freshly augmented, through the whole backbone every epoch, though
+only the top block and the head learn. Here the frozen lower part runs once per image and augmented copy (and
+its output is cached on disk, `core.activations`), and the top block + head train on those activations, each
+epoch drawing one of the K+1 versions of each training image. Same start (the bottleneck head), optimiser
+(SGD, the fine-tune learning rate, momentum 0.9), epochs, class weights, BatchNorm in inference mode and early
+stopping (best validation loss restored) as the full path. The trained top block is the extractor's own layers,
+so the model returned is the usual end-to-end classifier and model.keras is saved and checked as before.
+
+The loop is head.py's: one compiled graph per epoch (tf.function + while_loop), no `model.fit` bookkeeping.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core import images
+from core.activations import ActivationCache, Activations, compute_activations, cut_backbone
+from core.backbones import build_feature_extractor, set_top_block_trainable
+from core.config import TrainConfig
+from core.models import build_image_classifier, is_binary
+from core.reporting import Reporter
+from core.tfenv import keras, tf
+from core.training.data import SplitData, class_weights
+from core.training.fit import rounded
+from core.training.head import predicted_classes
+from core.workspace import activations_dir
+
+DEFAULT_COPIES = 4  # augmented copies cached per training image when the run sets none (`augment_copies`)
+
+
+@dataclass
+class CachedFinetune:
+    classifier: keras.Model
+    activation_seconds: float = 0.0
+    train_seconds: float = 0.0
+    info: dict = field(default_factory=dict)  # what metrics.json's "finetune" reports
+
+
+def finetune_copies(cfg: TrainConfig) -> int:
+    """K: the run's augmented copies, or DEFAULT_COPIES; none when augmentation would change nothing."""
+    if not cfg.augment.enabled or cfg.augment.is_identity():
+        return 0
+    return cfg.augment_copies or DEFAULT_COPIES
+
+
+def finetune_on_activations(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData], head: keras.Model,
+                            reporter: Reporter) -> CachedFinetune:
+    # A fresh extractor, as for the full path: the process-wide cached one must stay frozen.
+    extractor = build_feature_extractor(cfg.backbone)
+    n_trainable = set_top_block_trainable(extractor, cfg.backbone)
+    cut = cut_backbone(extractor, cfg.backbone)
+    copies = finetune_copies(cfg)
+    reporter.log(f"fine-tuning {n_trainable:,} parameters of {cfg.backbone}'s top block and the head on cached "
+                 f"activations at {cut.cut} ({copies} augmented copies per training image)")
+    cache = ActivationCache(activations_dir(), cfg.backbone, cut.cut, cut.shape)
+
+    reporter.phase("activations", "caching activations")
+    started = time.perf_counter()
+    acts: dict[str, Activations] = {}
+    for split, k in (("train", copies), ("val", 0)):
+        data = splits[split]
+        acts[split] = compute_activations(
+            data.paths, [images.content_hash(p) for p in data.paths], cut, cfg.backbone, cache, cfg.augment, k,
+            should_stop=reporter.should_stop,
+            progress=lambda d, t, s=split: reporter.progress(d, t, f"caching {s} activations: {d}/{t}"))
+        for path, reason in acts[split].failed:
+            reporter.log(f"skipped {path}: {reason}")
+    activation_seconds = time.perf_counter() - started
+    n_computed = sum(a.n_computed for a in acts.values())
+    n_cached = sum(a.n_cached for a in acts.values())
+    memory_mib = sum(a.values.nbytes for a in acts.values()) / 2**20
+    info = {"path": "cached", "copies": copies, "cut": cut.cut, "activations_computed": n_computed,
+            "activations_cached": n_cached, "activation_cache_mib": round(cache.size_mib(), 1),
+            "activation_memory_mib": round(memory_mib, 1), "activation_seconds": round(activation_seconds, 3)}
+    reporter.log(f"activations: {n_computed} computed, {n_cached} read from the cache; {memory_mib:.1f} MiB in "
+                 f"memory, cache {info['activation_cache_mib']} MiB on disk")
+
+    train_ok, val_ok = acts["train"].ok, acts["val"].ok
+    x_val, y_val = acts["val"].values[0][val_ok], splits["val"].y[val_ok]
+    started = time.perf_counter()
+    fit_top(cut.top, head, acts["train"].values[:, train_ok], splits["train"].y[train_ok], x_val, y_val, cfg,
+            n_classes, reporter)
+    return CachedFinetune(build_image_classifier(extractor, head), activation_seconds,
+                          time.perf_counter() - started, info)
+
+
+def fit_top(top: keras.Model, head: keras.Model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+            cfg: TrainConfig, n_classes: int, reporter: Reporter) -> None:
+    """Train `top` + `head` in place on activations `x` (versions, N, ...), one version per image per epoch; with
+    early stopping the best-val-loss weights are restored at the end, like EarlyStopping(restore_best_weights)."""
+    binary = is_binary(n_classes)
+    loss_fn = keras.losses.BinaryCrossentropy() if binary else keras.losses.SparseCategoricalCrossentropy()
+    optimizer = keras.optimizers.SGD(cfg.finetune_lr, momentum=0.9)
+    weights = class_weights(y, n_classes) if cfg.class_weights == "balanced" else {}
+    weights_per_class = tf.constant([weights.get(c, 1.0) for c in range(n_classes)], tf.float32)
+    versions, n = x.shape[0], x.shape[1]
+    # float16 in memory (half the size); each batch is widened to float32 inside the graph.
+    x_t = tf.constant(x.reshape((versions * n, *x.shape[2:])))
+    y_t = tf.constant(y, tf.int64)
+    steps = int(np.ceil(n / cfg.batch_size))
+    variables = top.trainable_variables + head.trainable_variables
+    optimizer.build(variables)
+
+    def forward(xb, training: bool):
+        # BatchNorm of the top block in inference mode (as the full path's `extractor(..., training=False)`);
+        # the head's dropout is active while training, as in `fit`.
+        return head(top(tf.cast(xb, tf.float32), training=False), training=training)
+
+    def loss_of(out, yb, sample_weight=None):
+        target = tf.cast(tf.reshape(yb, (-1, 1)), tf.float32) if binary else yb
+        return loss_fn(target, out, sample_weight=sample_weight)
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def train_epoch(flat_order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def step_fn(step, total_loss, correct):
+            idx = flat_order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            yb = tf.gather(y_t, idx % n)
+            with tf.GradientTape() as tape:
+                out = forward(tf.gather(x_t, idx), True)
+                loss = loss_of(out, yb, tf.gather(weights_per_class, yb))
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return (step + 1, total_loss + loss * tf.cast(tf.shape(idx)[0], tf.float32),
+                    correct + tf.reduce_sum(tf.cast(predicted_classes(out, binary) == yb, tf.int64)))
+
+        _, total_loss, correct = tf.while_loop(lambda step, *_: step < steps, step_fn,
+                                               (tf.constant(0), tf.constant(0.0), tf.constant(0, tf.int64)))
+        count = tf.cast(tf.shape(flat_order)[0], tf.float32)
+        return total_loss / count, tf.cast(correct, tf.float32) / count
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def evaluate_batch(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        out = forward(xb, False)
+        return loss_of(out, yb) * tf.cast(tf.shape(yb)[0], tf.float32), \
+            tf.reduce_sum(tf.cast(predicted_classes(out, binary) == yb, tf.float32))
+
+    def evaluate() -> tuple[float, float]:
+        loss = correct = 0.0
+        for i in range(0, len(x_val), 256):  # bounded graph size however many validation images
+            batch_loss, batch_correct = evaluate_batch(tf.constant(x_val[i:i + 256]),
+                                                       tf.constant(y_val[i:i + 256], tf.int64))
+            loss, correct = loss + float(batch_loss), correct + float(batch_correct)
+        return loss / len(x_val), correct / len(x_val)  # unweighted, like fit's val_loss
+
+    epochs = cfg.finetune_epochs
+    patience = cfg.patience if cfg.early_stopping and epochs > 1 else None
+    has_val = len(x_val) > 0
+    offset = len(reporter.history)
+    rng = np.random.default_rng(cfg.seed)
+    best, best_weights, waited = np.inf, None, 0
+    reporter.phase("finetune", f"finetune: epoch 1 of {epochs}")
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        order = rng.permutation(n)
+        version = rng.integers(0, versions, n)  # one of the K+1 versions of each image this epoch
+        loss, acc = train_epoch(tf.constant(version[order] * n + order, tf.int64))
+        row = {"epoch": offset + epoch + 1, "stage": "finetune", "loss": rounded(loss), "accuracy": rounded(acc),
+               "val_loss": None, "val_accuracy": None, "lr": rounded(cfg.finetune_lr)}
+        monitored = float(loss)
+        if has_val:
+            val_loss, val_acc = evaluate()
+            row["val_loss"], row["val_accuracy"] = rounded(val_loss), rounded(val_acc)
+            monitored = val_loss
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        reporter.epoch(row)
+        reporter.progress(epoch + 1, epochs, f"finetune: epoch {epoch + 1} of {epochs}")
+        if patience is not None:
+            if monitored < best:
+                best, best_weights, waited = monitored, (top.get_weights(), head.get_weights()), 0
+            else:
+                waited += 1
+        if reporter.should_stop() or (patience is not None and waited > 0 and waited >= patience):
+            break
+    if best_weights is not None:
+        top.set_weights(best_weights[0])
+        head.set_weights(best_weights[1])

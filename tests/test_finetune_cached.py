@@ -1,0 +1,109 @@
+"""Fine-tuning on cached activations (the default `--mode finetune`) and the full path (`--finetune-full`), with
+the real EfficientNet-Lite0 on tiny images."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.config import ConfigError, TrainConfig
+from core.engine import execute_run
+from core.runs import create_run, get_run
+
+SETTINGS = dict(mode="finetune", epochs=3, finetune_epochs=2, batch_size=8, early_stopping=False, val_split=0.25,
+                augment_copies=1)
+
+
+def _train(data: Path, out: Path, **settings) -> dict:
+    run = create_run(TrainConfig(data=str(data), **{**SETTINGS, **settings}), out)
+    status = execute_run(run)
+    assert status.state == "done", status
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _top_block_weights(model_path: Path) -> dict[str, list[np.ndarray]]:
+    from core.export import load_model
+    model = load_model(model_path)
+    extractor = next(layer for layer in model._flatten_layers() if layer.name == "efficientnet_lite0")
+    return {layer.name: [w.numpy() for w in layer.weights] for layer in extractor.layers
+            if layer.name.startswith("block15_") and layer.weights}
+
+
+def test_cut_backbone_reproduces_the_extractor_and_float16_is_close():
+    from core.activations import DTYPE, cut_backbone
+    from core.backbones import build_feature_extractor
+
+    extractor = build_feature_extractor("efficientnet_lite0")
+    cut = cut_backbone(extractor, "efficientnet_lite0")
+    assert cut.cut == "block15_expand" and cut.shape == (7, 7, 192)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    features = extractor(x, training=False).numpy()
+    acts = cut.lower(x, training=False).numpy()
+    np.testing.assert_allclose(cut.top(acts, training=False).numpy(), features, atol=1e-5)
+    from_fp16 = cut.top(acts.astype(DTYPE).astype(np.float32), training=False).numpy()
+    assert np.abs(from_fp16 - features).max() < 1e-3 * np.abs(features).max()
+    # The top part is the extractor's own layers: training it trains the extractor.
+    assert all(layer is extractor.get_layer(layer.name) for layer in cut.top.layers[1:])
+
+
+def test_cached_finetune_trains_the_top_block_exports_and_second_run_reads_the_cache(workspace, tiny_dataset,
+                                                                                    tmp_path):
+    from core.training import verify_export
+
+    first = _train(tiny_dataset, tmp_path / "a")
+    info = first["finetune"]
+    n_train, n_val = first["n_train"], first["n_val"]
+    assert info["path"] == "cached" and info["copies"] == 1
+    assert info["activations_computed"] == 2 * n_train + n_val and info["activations_cached"] == 0
+    assert info["activation_cache_mib"] > 0 and info["activation_memory_mib"] > 0
+    history = pd.read_csv(tmp_path / "a" / "history.csv")
+    assert history["stage"].tolist() == ["bottleneck"] * 3 + ["finetune"] * 2
+    assert history["lr"].iloc[-1] == pytest.approx(1e-4)
+    assert history["val_accuracy"].iloc[-1] >= 0.8  # starts from the trained head: good from its first epoch
+    assert "activations" in first["phase_seconds"] and "finetune" in first["phase_seconds"]
+
+    # The top block changed, and model.keras (the end-to-end model) predicts what the run recorded.
+    from core.backbones import build_feature_extractor
+    frozen = {layer.name: [w.numpy() for w in layer.weights] for layer in build_feature_extractor(
+        "efficientnet_lite0").layers if layer.name.startswith("block15_") and layer.weights}
+    tuned = _top_block_weights(tmp_path / "a" / "model.keras")
+    assert tuned.keys() == frozen.keys() and tuned
+    assert any(not np.allclose(t, f) for name in tuned for t, f in zip(tuned[name], frozen[name]))
+    check = verify_export(get_run(tmp_path / "a"))
+    assert check["same_top1"] == 1.0 and check["max_abs_diff"] < 1e-4
+
+    # A retrain of the same photos with other settings: every activation comes from the cache.
+    second = _train(tiny_dataset, tmp_path / "b", finetune_lr=3e-4, dense_units=64)
+    assert second["finetune"]["activations_computed"] == 0
+    assert second["finetune"]["activations_cached"] == info["activations_computed"]
+
+
+def test_finetune_full_takes_the_image_path(workspace, tiny_dataset, tmp_path):
+    metrics = _train(tiny_dataset, tmp_path / "full", finetune_full=True, finetune_epochs=1)
+    assert metrics["finetune"] == {"path": "full"}
+    assert "activations" not in metrics["phase_seconds"]
+    assert not (workspace / "cache" / "activations").exists() or not any((workspace / "cache" / "activations")
+                                                                        .rglob("*.npy"))
+    assert get_run(tmp_path / "full").config().finetune_full is True
+
+
+def test_cli_finetune_full_flag(tiny_dataset, tmp_path):
+    from core.__main__ import CliError, _parser, _train_config
+
+    def config(*flags: str) -> TrainConfig:
+        return _train_config(_parser().parse_args(["train", str(tiny_dataset), *flags, "--out", str(tmp_path)]))
+
+    assert config("--mode", "finetune", "--finetune-full").finetune_full is True
+    assert config("--mode", "finetune").finetune_full is False
+    with pytest.raises(CliError, match="--finetune-full only makes sense"):
+        config("--finetune-full")
+
+
+def test_finetune_full_is_validated_and_saved():
+    assert TrainConfig.from_json(TrainConfig(finetune_full=True).to_json()).finetune_full is True
+    assert TrainConfig().finetune_full is False
+    with pytest.raises(ConfigError, match="finetune_full"):
+        TrainConfig(finetune_full="yes")
