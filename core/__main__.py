@@ -5,6 +5,10 @@
     python -m core evaluate RUN_DIR DATA          → JSON: accuracy, per_class, confusion, classes
     python -m core export RUN_DIR [--format F]    → RUN_DIR/model.tflite (F: tflite, tflite-int8, onnx), + its check
     python -m core export RUN_DIR --model-file    → RUN_DIR/model.keras written again from the trained head
+    python -m core submit DATA [train options] --out RUN_DIR   queue it on the configured executor; returns at once
+    python -m core wait RUN_DIR...                → one JSON line per run: state, started_at, finished_at, node
+    python -m core --ray ADDRESS submit ...       (or FEWSHOT_RAY_ADDRESS=ADDRESS): execute on that Ray cluster
+    python -m core --ray ADDRESS extract DATA     cache DATA's features, sharded over the cluster → JSON report
     python -m core run RUN_DIR                    (used by the app: execute a prepared run folder)
     python -m core curve DATA [--shots 1,2,5,10,20] [--draws 5] [--backbone NAME] [--seed N]
                                                   → JSON: validation accuracy against photos per class
@@ -37,9 +41,28 @@ class CliError(FewShotError):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Few-shot image classification by "
                                      "transfer learning (bottleneck features, fine-tuning).")
+    parser.add_argument("--ray", metavar="ADDRESS", help="execute submitted runs on this Ray cluster (host:port; "
+                        "default: FEWSHOT_RAY_ADDRESS, else the local warm worker)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a classifier on a class-folder dataset")
+    train = sub.add_parser("train", help="train a classifier on a class-folder dataset (in this process)")
+    _add_train_options(train)
+    submit = sub.add_parser("submit", help="queue a training on the configured executor and return at once")
+    _add_train_options(submit)
+
+    wait = sub.add_parser("wait", help="wait for runs to end; one JSON line per run")
+    wait.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    wait.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+    extract = sub.add_parser("extract", help="cache a dataset's features, spread over the Ray cluster's workers")
+    extract.add_argument("data", metavar="DATA")
+    extract.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    extract.add_argument("--workers", type=int, help="extraction actors (default: the cluster's capacity)")
+    _add_commands(sub)
+    sub.add_parser("backbones", help="list the available feature extractors")
+    return parser
+
+
+def _add_train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("data", nargs="?", default=str(DEMO_DATASET),
                        help="dataset folder or .zip (default: the built-in demo dataset)")
     train.add_argument("--mode", choices=MODES, default="bottleneck")
@@ -65,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="finetune: start from this run's head")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to create")
 
+
+def _add_commands(sub) -> None:
     predict = sub.add_parser("predict", help="predict image files or folders with a trained run")
     predict.add_argument("run", metavar="RUN_DIR")
     predict.add_argument("paths", nargs="+", metavar="PATH")
@@ -100,9 +125,6 @@ def _parser() -> argparse.ArgumentParser:
     curve.add_argument("--val-split", type=float, default=0.2,
                        help="validation share of each class (flat layout; the app's split, seed 0; default 0.2)")
 
-    sub.add_parser("backbones", help="list the available feature extractors")
-    return parser
-
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     from core.augment import AugmentConfig
@@ -130,10 +152,9 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _new_run(args: argparse.Namespace, pid: int | None = None):
     from core.backbones import get_backbone
     from core.datasets import scan_dataset
-    from core.engine import execute_run
     from core.runs import check_finetune_source, create_run
 
     cfg = _train_config(args)
@@ -142,7 +163,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = scan_dataset(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, check_images=False)  # same
     if cfg.from_run:
         check_finetune_source(cfg.from_run, cfg, dataset.classes)  # same: a bad --from makes no run folder
-    run = create_run(cfg, args.out, pid=os.getpid(), executor="in-process")
+    return create_run(cfg, args.out, pid=pid, executor="in-process" if pid else None)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from core.engine import execute_run
+
+    # In-process: the run records this process from its creation (a kill at any moment leaves it failed).
+    run = _new_run(args, pid=os.getpid())
     print(f"run folder: {run.path}", file=sys.stderr)
     status = execute_run(run, terminal=sys.stderr)
     if status.state == "failed":
@@ -155,6 +183,52 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            "extract_seconds", "train_seconds")}
     print(f"{status.state}: " + ", ".join(f"{k} {v}" for k, v in summary.items()), file=sys.stderr)
     return 0 if status.state == "done" else EXIT_FAILED
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from core.engine import submit
+
+    run = submit(_new_run(args))
+    print(json.dumps({"run": str(run.path), "executor": run.read_status().executor}))
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Wait until every run has ended (and its model file is written), then one JSON line per run, in order."""
+    import time
+
+    from core.runs import get_run
+
+    runs = [get_run(path) for path in args.runs]
+    deadline = None if args.timeout is None else time.time() + args.timeout
+    while any(run.status().busy for run in runs):
+        if deadline is not None and time.time() > deadline:
+            break
+        time.sleep(0.5)
+    worst = 0
+    for run in runs:
+        status = run.status()
+        print(json.dumps({"run": str(run.path), "state": status.state, "started_at": status.started_at,
+                          "finished_at": status.finished_at, "node": status.node, "executor": status.executor,
+                          "error": status.error}), flush=True)
+        if status.state != "done":
+            worst = EXIT_FAILED
+    return worst
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from core.datasets import iter_image_files
+    from core.engine.executors import ray_address
+    from core.engine.ray_extract import extract_on_cluster
+
+    if not ray_address():
+        raise CliError("extract spreads the work over a Ray cluster: give --ray ADDRESS (or FEWSHOT_RAY_ADDRESS).")
+    paths = list(iter_image_files(Path(args.data)))
+    if not paths:
+        raise CliError(f"{args.data} has no images.")
+    report = extract_on_cluster(paths, args.backbone, ray_address(), workers=args.workers)
+    print(json.dumps(report.to_dict()))
+    return 0
 
 
 def _image_paths(paths: list[str]) -> list[Path]:
@@ -294,7 +368,12 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
+    if args.ray:
+        from core.engine.executors import RAY_ADDRESS_ENV
+
+        os.environ[RAY_ADDRESS_ENV] = args.ray
+    handler = {"submit": cmd_submit, "wait": cmd_wait, "extract": cmd_extract,
+               "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export,
                "run": cmd_run, "curve": cmd_curve, "backbones": cmd_backbones}[args.command]
     try:
         return handler(args)

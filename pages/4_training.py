@@ -182,6 +182,9 @@ def live_view(run: Run, polling: bool) -> None:
         st.progress(float(status.progress or 0.0),
                     text=f"{status.message or status.phase} · {from_click:.0f} s since you clicked Start"
                          f"{_eta(status)}")
+        if status.executor == "ray":  # on a cluster: say where (or that it waits for a worker)
+            st.caption(f"On the Ray cluster: running on {status.node}" if state == "running" and status.node
+                       else "On the Ray cluster: waiting for a free worker (the Runs page shows the queue)")
         if st.button("Stop", icon=":material/stop:", key=f"stop_{run.id}",
                      help="Stops within a moment; the best model so far is kept if an epoch has finished."):
             run.request_stop()

@@ -7,6 +7,7 @@ from core.charts import overlay_figure
 from core.errors import FewShotError
 from core.runs import ACTIVE_STATES, RunError, delete_run, get_run, retrained_from, runs_table
 from ui.common import md, warn_if_disk_full
+from ui.engine_views import engine_panel
 from ui.frame import require_frame
 from ui.state import init_state, set_run
 
@@ -23,6 +24,7 @@ flash = st.session_state.pop("runs_flash", None)
 if flash:
     getattr(st, flash[0])(flash[1])
 
+engine_panel()
 table = runs_table()
 if table.empty:
     st.info("No runs yet. Start a training and it will be listed here.")

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh requirements-dev.txt
+# Ray is optional for the app, not for the tests: tests/test_ray.py starts a loopback cluster and runs on it.
+scripts/setup.sh requirements-ray.txt
 if ! command -v chromium >/dev/null 2>&1; then
   # The browser test drives Debian's Chromium (Playwright's own browser download needs internet access).
   echo "Installing Chromium for the browser test…"

@@ -6,11 +6,12 @@ import fcntl
 import functools
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TextIO
 
 from core import fsutil
@@ -52,9 +53,14 @@ class _StoppedWhileQueued(Exception):
 
 
 def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-process",
-                handle_sigterm: bool = True, defer: Callable[[Callable[[], None]], None] | None = None) -> RunStatus:
+                handle_sigterm: bool = True, defer: Callable[[Callable[[], None]], None] | None = None,
+                exclusive: bool = True, node: str = "this machine") -> RunStatus:
     """Train the run in this process; returns its status once the results are on disk. Never raises for a
     training failure.
+
+    `exclusive` takes the workspace's training slot first (one training at a time: what a laptop wants, and what
+    the CLI and the local worker do). An executor that places runs on a cluster itself (Ray: one per CPU share)
+    passes False, and then leaves the feature cache's temporary files alone, as other runs are writing it.
 
     What follows the results (a bottleneck run's model.keras, the export check) runs before returning, or is
     handed to `defer`: the warm worker runs it when no other run is waiting, so a retrain queued behind this run
@@ -62,7 +68,8 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
     # The process is recorded before anything slow (importing TensorFlow takes seconds): a kill in that window
     # must leave the run failed, not "queued" forever.
     pid = os.getpid()
-    run.update_status(pid=pid, pid_start=process_start_time(pid), executor=executor)
+    run.update_status(pid=pid, pid_start=process_start_time(pid), executor=executor, host=socket.gethostname(),
+                      node=node)
     if handle_sigterm:  # SIGTERM (kill, a closing terminal, a stopping service) becomes a polite stop request
         signal.signal(signal.SIGTERM, lambda *_: run.file(Run.STOP).touch())
     from core.features import StopRequested  # imports TensorFlow: keep it out of the module's import time
@@ -73,11 +80,10 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
     try:
         if run.stop_requested():
             raise _StoppedWhileQueued()
-        with training_slot(run):
-            # Only runs write the feature and activation caches, and they take turns: what a killed one left
-            # half-written is stale.
-            fsutil.remove_temp_files(features_dir())
-            fsutil.remove_temp_files(activations_dir())
+        with training_slot(run) if exclusive else nullcontext():
+            if exclusive:  # only runs write the feature and activation caches, and they take turns: what a killed
+                fsutil.remove_temp_files(features_dir())  # one left half-written is stale
+                fsutil.remove_temp_files(activations_dir())
             run.update_status(state="running", started_at=time.time(), error=None)
             result = train(run.config(), run, reporter)
         state = "stopped" if run.stop_requested() else "done"

@@ -17,8 +17,9 @@ def queue_dir() -> Path:
     return path
 
 
-def enqueue(run: Run) -> Path:
-    entry = queue_dir() / f"{time.time_ns():020d}-{run.id}.json"
+def enqueue(run: Run, folder: Path | None = None) -> Path:
+    """Queue the run in `folder` (default: the warm worker's queue; the Ray dispatcher has its own)."""
+    entry = (folder or queue_dir()) / f"{time.time_ns():020d}-{run.id}.json"
     fsutil.atomic_write_json(entry, {"run": str(run.path)})
     return entry
 
@@ -38,9 +39,9 @@ def run_of(entry: Path) -> Run | None:
     return Run(Path(data["run"])) if isinstance(data, dict) and data.get("run") else None
 
 
-def position(run: Run) -> int | None:
+def position(run: Run, folder: Path | None = None) -> int | None:
     """1 for the next run the worker takes, None when the run is not waiting in the queue."""
-    for index, entry in enumerate(entries(), start=1):
+    for index, entry in enumerate(entries(folder), start=1):
         if entry.name.endswith(f"-{run.id}.json"):
             return index
     return None

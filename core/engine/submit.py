@@ -1,27 +1,18 @@
-"""Hand a run to the engine: what the pages call. The run folder is created first (the click's time is its
-`created_at`); the warm worker picks it up from the queue within a poll."""
+"""Hand a run to the engine: what the pages and `python -m core submit` call. The run folder is created first (the
+click's time is its `created_at`); the configured executor (core/engine/executors.py: the local warm worker, or a
+Ray cluster when FEWSHOT_RAY_ADDRESS is set) picks it up."""
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
-from core.engine import queue
-from core.engine.worker import ensure_worker
-from core.runs import RETRAIN_PREFIX, Run, create_run, start_run_process
+from core.engine.executors import get_executor
+from core.runs import RETRAIN_PREFIX, Run, create_run
 
 
-def submit(run: Run) -> Run:
-    """Queue `run` for the warm worker (started if needed). FEWSHOT_EXECUTOR=process runs it in a new process of
-    its own instead: the design before the warm engine, kept for side-by-side benchmarks and as a fallback."""
-    if os.environ.get("FEWSHOT_EXECUTOR") == "process":
-        run.update_status(executor="process")
-        start_run_process(run)
-        return run
-    run.update_status(executor="warm worker", message="waiting for the engine")
-    queue.enqueue(run)
-    ensure_worker()
-    return run
+def submit(run: Run, address: str | None = None) -> Run:
+    """Queue the run on the configured executor (Ray at `address`, if given) and return at once."""
+    return get_executor(address).submit(run)
 
 
 def retrain(source: Run, name: str = "", data: str | Path | None = None) -> Run:

@@ -155,6 +155,8 @@ def warm_up() -> None:
     from core.features import cached_extractor
 
     backbone = os.environ.get("FEWSHOT_WARM_BACKBONE", DEFAULT_BACKBONE)
+    if backbone in ("", "none"):  # TensorFlow and the training code only (tests that train from scratch)
+        return
     try:
         cached_extractor(backbone)
         fast_extractor(backbone, n_images=MIN_IMAGES_TO_CONVERT)

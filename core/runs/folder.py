@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -174,14 +175,22 @@ class Run:
         status = self.read_status()  # the process may have finished between our read and the liveness check
         if not self._orphaned(status):
             return status
+        return self.mark_process_lost(status)
+
+    def mark_process_lost(self, status: RunStatus | None = None, who: str = "The training process") -> RunStatus:
+        """Record that the process executing this run is gone: the run failed (it was training), or its model file
+        failed (it was writing model.keras after the results). What the dead process was writing is removed. Called
+        by the liveness check here and by an executor that learns of the death another way (a Ray actor's)."""
+        status = status or self.read_status()
+        if not status.busy:
+            return status
         if status.active:
             changes: dict[str, Any] = dict(state="failed", phase="failed", finished_at=time.time(), error=(
-                "The training process ended unexpectedly (it was killed or crashed). Nothing of this run was saved "
-                "as a model."))
+                f"{who} ended unexpectedly (it was killed or crashed). Nothing of this run was saved as a model."))
         else:
             changes = dict(model_file="failed", model_error=(
-                "The training process ended before it wrote the model file; the results are kept. Write it again "
-                "from the Predictions page."))
+                f"{who} ended before it wrote the model file; the results are kept. Write it again from the "
+                f"Predictions page."))
         try:
             status = self.update_status(**changes)
             fsutil.remove_temp_files(self.path)  # what the dead process was writing, never renamed in
@@ -193,6 +202,8 @@ class Run:
     @staticmethod
     def _orphaned(status: RunStatus) -> bool:
         """The run's process should still be at work on it (training, or writing its model file) but is gone."""
+        if status.host and status.host != socket.gethostname():
+            return False  # its process is on another machine: the executor there (Ray) records its death
         return status.busy and bool(status.pid) and not process_alive(status.pid, status.pid_start)
 
     def _read_history(self) -> pd.DataFrame | None:
@@ -327,7 +338,8 @@ class Run:
         """Ask the run to stop; it ends within a batch, saving nothing half-trained over a good model."""
         self.file(self.STOP).touch()
         status = self.read_status()
-        if status.state == "queued" and not process_alive(status.pid, status.pid_start):
+        here = not status.host or status.host == socket.gethostname()
+        if status.state == "queued" and here and not process_alive(status.pid, status.pid_start):
             self.update_status(state="stopped", phase="stopped", finished_at=time.time())
 
     def stop_requested(self) -> bool:

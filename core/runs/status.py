@@ -24,7 +24,9 @@ class RunStatus:
     finished_at: float | None = None  # results on disk (done), or the end of a failed/stopped run
     pid: int | None = None           # the process executing it, with its kernel start time (a recycled pid is
     pid_start: str | None = None     # not mistaken for it)
-    executor: str | None = None      # what executes it: "warm worker", "in-process" (the CLI), "process", …
+    executor: str | None = None      # what executes it: "warm worker", "in-process" (the CLI), "ray", …
+    host: str | None = None          # the machine `pid` lives on (its hostname): only there can the pid be checked
+    node: str | None = None          # where it runs, for people: "this machine", or a Ray node's address
     error: str | None = None         # why it failed, in words a user can act on
     val_accuracy: float | None = None
     model_file: str | None = None    # writing | ready | failed: a bottleneck run's model.keras follows its results
