@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import fsutil
 from core.config import TrainConfig
-from core.runs import ACTIVE_STATES, create_run, list_runs, start_run_process
+from core.runs import ACTIVE_STATES, create_run, get_run, list_runs, run_title, start_run_process
 
 FEATURE_DIM = 1280  # EfficientNet-Lite0
 
@@ -112,13 +112,14 @@ def test_training_page_reattaches_to_a_run_after_a_server_restart(workspace, tin
     run = create_run(TrainConfig(data=str(tiny_dataset), mode="scratch", epochs=500, batch_size=4,
                                  early_stopping=False))
     start_run_process(run)
+    title = run_title(run)  # the header names the run as people read it ("scratch · tiny · 14:02")
     try:
         first_life = training_page()
-        assert run.id in headers(first_life)
+        assert title in headers(first_life)
         wait_for(lambda: len(run.history()) >= 1)
         # The server restarts: a new process, new sessions, nothing in memory; the run process kept going.
         second_life = training_page()
-        assert f"Training: {run.id}" in headers(second_life)
+        assert f"Training: {title}" in headers(second_life)
         assert second_life.button(key=f"stop_{run.id}")
         second_life.button(key=f"stop_{run.id}").click()
         second_life.run()
@@ -132,7 +133,7 @@ def test_training_page_reattaches_to_a_run_after_a_server_restart(workspace, tin
         if at is first_life:
             at.run()
         assert not at.exception
-        assert f"Stopped: {run.id}" in headers(at), headers(at)
+        assert f"Stopped: {title}" in headers(at), headers(at)
         assert f"stop_{run.id}" not in [b.key for b in at.button]
 
 
@@ -208,7 +209,7 @@ def test_full_disk_for_the_cache_goes_on_uncached_and_for_the_model_fails_clearl
     assert len(cache_entries(workspace)) == 24  # this time the cache was writable
     assert_cache_sound(workspace)
     monkeypatch.setattr(fsutil, "atomic_path", real)  # space freed: write it again
-    assert write_run_model(second)["model_file"] == "ready" and second.has_model()
+    assert write_run_model(second).model_file == "ready" and second.has_model()
 
 
 def test_damaged_cache_entries_of_every_kind_are_recomputed(workspace, tiny_dataset):
@@ -282,7 +283,8 @@ def test_two_sessions_start_training_at_once_both_finish_with_one_shared_cache(w
     seen_waiting = False
     deadline = time.time() + 400
     while any(r.status().state in ACTIVE_STATES for r in runs) and time.time() < deadline:
-        seen_waiting |= any(r.status().message == "waiting for another training to finish" for r in runs)
+        # The warm engine runs one at a time: the other waits in its queue, visibly "queued", while one trains.
+        seen_waiting |= sorted(r.status().state for r in runs) == ["queued", "running"]
         time.sleep(0.1)
     assert [r.status().state for r in runs] == ["done", "done"], [r.log_tail() for r in runs]
     assert seen_waiting  # one waited, visibly, while the other trained
@@ -293,7 +295,8 @@ def test_two_sessions_start_training_at_once_both_finish_with_one_shared_cache(w
     assert_cache_sound(workspace)
     for at in sessions:
         at.run()
-        assert not at.exception and f"Finished: {at.session_state['watch_run']}" in headers(at)
+        watched = get_run(at.session_state["watch_run"])
+        assert not at.exception and f"Finished: {run_title(watched)}" in headers(at)
 
 
 def test_relabelling_while_a_run_reads_the_dataset_never_crashes_it(workspace, make_dataset, wait_for):
