@@ -23,7 +23,8 @@ def test_one_warm_worker_executes_queued_runs_in_turn(workspace, tiny_dataset, w
     assert position(second) in (1, 2)  # behind the first, unless the worker already took that one
     done = wait_for(lambda: second.status() if second.status().state == "done" else None, 300)
     assert first.status().state == "done", first.log_tail()
-    worker = read_worker()
+    # The worker counts a run once its execution returned, a moment after the run says done.
+    worker = wait_for(lambda: (info := read_worker()) is not None and info.runs_done == 2 and info, 30)
     # Both ran in the same process: TensorFlow was loaded once.
     assert first.status().pid == done.pid == worker.pid and worker.runs_done == 2
     assert first.status().started_at <= first.status().finished_at <= done.started_at
