@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.errors import FewShotError
 from core.evaluate import frame_confusion
 from core.runs import Run, list_runs
 from ui.common import dataset_label, md
@@ -23,12 +24,15 @@ from ui.prediction_views import (
     clickable_confusion,
     export_check_sentence,
     filter_predictions,
+    heat_thumb,
     model_file_ready,
+    page_heatmaps,
     per_class_table,
     predict_uploads,
     square_thumb,
 )
 from ui.state import init_state
+from ui.try_it import try_it
 
 require_frame(__file__)
 init_state()
@@ -177,7 +181,14 @@ outcome = f3.segmented_control("Show", ["all", "wrong", "right"], key="pred_outc
 sort = f4.selectbox("Order", list(SORTS), key="pred_sort")
 page_size = f5.selectbox("Per page", [12, 24, 48, 96], index=1, key="pred_page_size")
 
+heat = st.toggle("Show where the model looked (heatmaps), wrong ones first", key="pred_heat",
+                 help="Grad-CAM from this run's own model: bright where the evidence for what it said is. On a "
+                      "wrong answer, bright background means the model learned the background, not the thing.")
+if heat and not model_file_ready(run, key="pred_model_heat"):
+    heat = False
 shown = filter_predictions(frame, split, true, said, outcome, sort)
+if heat:
+    shown = shown.sort_values("correct", kind="stable")  # wrong first, each group in the chosen order
 cell_chosen = true != ALL and said != ALL
 dataset_root = Path(train.get("data", "."))
 n_pages = max(1, math.ceil(len(shown) / page_size))
@@ -190,11 +201,20 @@ else:
     page = st.pagination(n_pages, key="pred_page") if n_pages > 1 else 1
     per_row = 6
     chunk = shown.iloc[(page - 1) * page_size: page * page_size]
+    heatmaps = {}
+    if heat:
+        try:
+            with st.spinner(f"Computing {len(chunk)} heatmaps…"):
+                heatmaps = page_heatmaps(run.model_path, list(chunk["path"]))
+        except (FewShotError, OSError) as exc:
+            st.error(f"Heatmaps cannot be computed for this run's model: {md(exc)}")
     for start in range(0, len(chunk), per_row):
         for col, (_, item) in zip(st.columns(per_row), chunk.iloc[start:start + per_row].iterrows()):
             key = f"pred{'right' if item['correct'] else 'wrong'}-{start}-{item.name}"
             with col.container(border=True, key=key):
                 data = square_thumb(item["path"], 200)
+                if data is not None and heatmaps.get(item["path"]) is not None:
+                    data = heat_thumb(item["path"], heatmaps[item["path"]], 200) or data
                 if data is None:
                     st.markdown(":material/hide_image: *file moved*")
                     st.caption("Renamed, moved, deleted or unreadable since training.")
@@ -221,6 +241,8 @@ st.caption("Drop photos (or a .zip of photos) the model has never seen. Nothing 
 model_path = run.model_path
 uploads = None
 if model_file_ready(run, key="pred_model_new"):
+    try_it(run, list(classes), key="pred_try")
+    st.markdown("**Many photos or a zip** — one line per photo, in a table you can download.")
     uploads = st.file_uploader("Photos or a .zip", accept_multiple_files=True, key="pred_uploads",
                                type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "zip"])
 if uploads:
