@@ -76,3 +76,24 @@ def test_small_sets_use_pca_and_one_photo_is_refused(tmp_path, make_dataset):
     root = make_dataset(tmp_path / "one", {"a": (200, 0, 0)}, per_class=1)
     with pytest.raises(photo_map.MapError):
         photo_map.dataset_map(root, DEFAULT_BACKBONE, None)
+
+
+def test_map_page_relabels_a_doubtful_photo_and_a_cluster_in_place(mapped_dataset, open_app_page):
+    at = open_app_page("pages/7_map.py", dataset=str(mapped_dataset))
+    assert at.get("plotly_chart")
+    assert any("28 photos · 3 unlabelled · 0 wrong · 1 with a doubtful label" in c.value for c in at.caption)
+    at.segmented_control(key="map_show").set_value("doubt").run()
+    assert [c.value for c in at.caption if c.value.endswith(".png")] == ["filed\\_wrong.png"]
+    assert at.selectbox(key="map_class").value == "red"  # preset to what its neighbours are
+    at.button(key="map_move").click().run()
+    assert not at.exception, at.exception
+    assert (mapped_dataset / "red" / "filed_wrong.png").exists()
+    assert labeling.can_undo(mapped_dataset) == 1  # journalled: undoable on the Label page
+    # The unlabelled cluster, labelled at once.
+    at.segmented_control(key="map_show").set_value("unlabelled").run()
+    at.selectbox(key="map_class").set_value("red").run()
+    at.button(key="map_move").click().run()
+    assert not at.exception, at.exception
+    assert not list(labeling.pool_folder(mapped_dataset).glob("*.png"))
+    assert len(list((mapped_dataset / "red").glob("*.png"))) == 8 + 1 + 3
+    assert any("0 unlabelled" in c.value and "0 with a doubtful label" in c.value for c in at.caption)
