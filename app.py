@@ -40,11 +40,12 @@ def warm_engine_once() -> None:
 PAGES = [
     st.Page("pages/1_dataset.py", title="Dataset", icon=":material/folder_open:", default=True),
     st.Page("pages/2_label.py", title="Label", icon=":material/label:"),
+    st.Page("pages/7_map.py", title="Photo map", icon=":material/scatter_plot:"),
     st.Page("pages/3_augmentation.py", title="Augmentation", icon=":material/auto_awesome:"),
     st.Page("pages/4_training.py", title="Training", icon=":material/model_training:"),
     st.Page("pages/5_predictions.py", title="Predictions", icon=":material/grid_view:"),
     st.Page("pages/6_runs.py", title="Runs", icon=":material/history:"),
-    st.Page("pages/7_presenter.py", title="Presenter", icon=":material/co_present:"),
+    st.Page("pages/8_presenter.py", title="Presenter", icon=":material/co_present:"),
 ]
 page = st.navigation(PAGES)
 warm_engine_once()

@@ -128,3 +128,49 @@ def curve_figure(rows: list[dict], enough: int | None = None, font_size: int = 1
                       margin={"l": 10, "r": 10, "t": 60, "b": 10}, legend={"orientation": "h", "y": -0.25})
     fig.update_yaxes(range=[0, 1.08], tickformat=".0%")
     return fig
+
+
+UNLABELLED_COLOR = "#9e9e9e"
+
+
+def photo_map_figure(frame: pd.DataFrame) -> go.Figure:
+    """The photo map (core.photo_map rows): one dot per photo, a colour per label (unlabelled grey); an ✕ where
+    a run got it wrong, a diamond where its neighbours suggest another label. `customdata` is the row's index."""
+    fig = go.Figure()
+    palette = px.colors.qualitative.Plotly
+    labels = sorted(str(label) for label in frame["label"].dropna().unique())
+    groups = [(label, frame[frame["label"] == label], palette[i % len(palette)]) for i, label in enumerate(labels)]
+    groups.append(("unlabelled", frame[frame["label"].isna()], UNLABELLED_COLOR))
+    for name, rows, color in groups:
+        if rows.empty:
+            continue
+        symbols = ["x" if wrong else "diamond" if isinstance(doubt, str) else "circle"
+                   for wrong, doubt in zip(rows["wrong"], rows["doubt"])]
+        text = []
+        for _, row in rows.iterrows():
+            lines = [row["path"].rsplit("/", 1)[-1], f"label: {row['label'] if row['label'] is not None else '—'}"]
+            if row["wrong"]:
+                lines.append(f"the model said: {row['predicted']}")
+            if isinstance(row["doubt"], str):
+                lines.append(f"its neighbours are: {row['doubt']}")
+            text.append("<br>".join(lines))
+        fig.add_scatter(x=rows["x"], y=rows["y"], mode="markers", name=f"{name} ({len(rows)})",
+                        customdata=rows.index.to_numpy(), hovertext=text, hoverinfo="text",
+                        marker={"color": color, "size": 10, "symbol": symbols, "line": {"width": 1, "color": "white"}})
+    fig.update_layout(height=560, dragmode="lasso", hovermode="closest", legend={"orientation": "h", "y": -0.05},
+                      margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, scaleanchor="x")
+    return fig
+
+
+def points_from_selection(selection: dict | None) -> list[int]:
+    """Row indices (customdata) of the dots selected on the photo map (clicked, boxed or lassoed)."""
+    out = []
+    for point in (selection or {}).get("points") or []:
+        data = point.get("customdata")
+        if isinstance(data, (list, tuple)):
+            data = data[0] if data else None
+        if isinstance(data, (int, float)):
+            out.append(int(data))
+    return sorted(set(out))

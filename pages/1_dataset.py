@@ -13,6 +13,7 @@ from core.datasets import DatasetError, dataset_warnings, detect_layout
 from core.datasets.importing import add_uploads, create_class, create_dataset, dataset_name, import_zip, list_datasets
 from core.errors import FewShotError
 from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed, is_editable
+from ui.camera import camera_into_class
 from ui.common import dataset_label, load_dataset, unsaved_uploads
 from ui.dataset_views import IMAGE_TYPES, class_image_counts, flash, md, show_flash, synced, thumbnail_grid
 from ui.frame import require_frame
@@ -198,6 +199,8 @@ with st.expander("Bring your own photos: build a dataset here or upload a zip", 
                                      args=(uploader_key,),
                                      help="JPEG, PNG, HEIC (phones), WebP, BMP, GIF or TIFF. Unreadable files are "
                                           "skipped and listed.")
+                    camera_into_class(dataset_path(), st.session_state["ds_upload_class"], key="ds_camera",
+                                      keep_open="ds_bring")
     with tab_zip:
         show_flash("zip")
         st.markdown("Zip a folder that holds one folder per class (`cats/…`, `dogs/…`), or `train/` and "

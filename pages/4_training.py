@@ -24,7 +24,9 @@ from core.runs import (
 )
 from ui.common import current_dataset, dataset_label, md, warn_if_disk_full
 from ui.frame import require_frame
+from ui.prediction_views import model_file_ready
 from ui.state import augment_config, dataset_path, init_state, set_run
+from ui.try_it import try_it
 
 require_frame(__file__)
 
@@ -225,6 +227,16 @@ def show_run(run: Run) -> None:
     # Poll the run folder every second while it trains; a finished run is drawn once.
     # Twice a second: a warm retrain is done in about a second, and the poll is part of what the user waits for.
     st.fragment(live_view, run_every=0.5 if active else None)(run, active)
+    if not active and run.has_results():
+        try_now(run)
+
+
+def try_now(run: Run) -> None:
+    """Right where the run finished: a new photo (dropped or from the camera), its class bars and heatmap."""
+    st.markdown("**Try it now** — a photo the model has never seen, dropped here or from the camera. Nothing is "
+                "added to your dataset.")
+    if model_file_ready(run, key=f"train_try_model_{run.id}"):
+        try_it(run, run.labels(), key="train_try")
 
 
 # A training in progress comes first (someone demoing wants the curves on screen), and stays first when it ends

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.errors import FewShotError
 from core.evaluate import frame_confusion
 from core.export.formats import FORMATS, input_text, snippet
 from core.runs import Run, file_stem, list_runs, run_dataset_title, run_title
@@ -28,12 +29,15 @@ from ui.prediction_views import (
     conversion_is_current,
     export_check_sentence,
     filter_predictions,
+    heat_thumb,
     model_file_ready,
+    page_heatmaps,
     per_class_table,
     predict_uploads,
     square_thumb,
 )
 from ui.state import init_state, set_run
+from ui.try_it import try_it
 
 require_frame(__file__)
 init_state()
@@ -193,7 +197,14 @@ outcome = filters.segmented_control("Show", ["all", "wrong", "right"], key="pred
 sort = filters.selectbox("Order", list(SORTS), key="pred_sort")
 page_size = filters.selectbox("Per page", [12, 24, 48, 96], index=1, key="pred_page_size")
 
+heat = st.toggle("Show where the model looked (heatmaps), wrong ones first", key="pred_heat",
+                 help="Grad-CAM from this run's own model: bright where the evidence for what it said is. On a "
+                      "wrong answer, bright background means the model learned the background, not the thing.")
+if heat and not model_file_ready(run, key="pred_model_heat"):
+    heat = False
 shown = filter_predictions(frame, split, true, said, outcome, sort)
+if heat:
+    shown = shown.sort_values("correct", kind="stable")  # wrong first, each group in the chosen order
 dataset_root = Path(train.get("data", "."))
 n_pages = max(1, math.ceil(len(shown) / page_size))
 wrong_total = int((~rows["correct"]).sum())
@@ -204,6 +215,13 @@ else:
     st.html(WRONG_CSS)
     page = st.pagination(n_pages, key="pred_page") if n_pages > 1 else 1
     chunk = shown.iloc[(page - 1) * page_size: page * page_size]
+    heatmaps = {}
+    if heat:
+        try:
+            with st.spinner(f"Computing {len(chunk)} heatmaps…"):
+                heatmaps = page_heatmaps(run.model_path, list(chunk["path"]))
+        except (FewShotError, OSError) as exc:
+            st.error(f"Heatmaps cannot be computed for this run's model: {md(exc)}")
     # As many columns as the page's width allows (ui.layout's CSS grid), not a fixed six.
     with grid("pred"):
         for _, item in chunk.iterrows():
@@ -211,6 +229,8 @@ else:
             with st.container(border=True, key=key):
                 now = image_now(dataset_root, Path(item["path"]))  # a photo fixed since training: its new place
                 data = square_thumb(now, 200) if now is not None else None
+                if data is not None and heatmaps.get(item["path"]) is not None:
+                    data = heat_thumb(item["path"], heatmaps[item["path"]], 200) or data
                 if data is None:
                     st.markdown(":material/hide_image: *file gone*")
                     st.caption("Deleted, renamed outside the app, or unreadable since training.")
@@ -237,6 +257,8 @@ st.caption("Drop photos (or a .zip of photos) the model has never seen. Nothing 
 model_path = run.model_path
 uploads = None
 if model_file_ready(run, key="pred_model_new"):
+    try_it(run, list(classes), key="pred_try")
+    st.markdown("**Many photos or a zip** — one line per photo, in a table you can download.")
     uploads = st.file_uploader("Photos or a .zip: drag them here, or browse", accept_multiple_files=True,
                                key="pred_uploads", type=[*IMAGE_TYPES, "zip"])
 if uploads:

@@ -199,3 +199,28 @@ def test_the_class_builder_counts_what_the_scan_will_see(tmp_path, make_dataset,
     assert class_image_counts(root) == {"blue": 2, "empty": 0, "green": 2, "red": 2}
     assert list(class_image_counts(root)) == [p.name for p in class_folders(root)]
     assert class_image_counts(tmp_path / "gone") == {}
+
+
+def test_camera_shots_land_in_the_chosen_class_once_each(workspace, tmp_path, open_page, make_image):
+    """Several shots in a row: each is saved into the class at once and the camera is ready again; a rerun, or the
+    same shot reported twice, saves nothing more."""
+    root = workspace / "datasets" / "pets"
+    for name in ("cats", "dogs"):
+        (root / name).mkdir(parents=True)
+    at = open_page(root)
+    at.selectbox(key="ds_upload_class").set_value("cats").run()
+    at.toggle(key="ds_camera_on").set_value(True).run()
+    shots = [make_image(tmp_path / f"shot{i}.jpg", (30 * i, 120, 200), fmt="JPEG", seed=i).read_bytes()
+             for i in range(2)]
+    at.camera_input(key="ds_camera_0").set_value(("image.jpg", shots[0], "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert any("Saved shot 1 into" in s.value for s in at.success)
+    assert [c.key for c in at.camera_input] == ["ds_camera_1"]  # a fresh camera for the next shot
+    at.camera_input(key="ds_camera_1").set_value(("image.jpg", shots[1], "image/jpeg")).run()
+    saved = sorted((root / "cats").iterdir())
+    assert len(saved) == 2 and all(p.name.startswith("camera-") and p.suffix == ".jpg" for p in saved)
+    assert sorted(p.read_bytes() for p in saved) == sorted(shots)
+    assert not any((root / "dogs").iterdir())
+    at.camera_input(key="ds_camera_2").set_value(("image.jpg", shots[1], "image/jpeg")).run()  # the same shot
+    at.run()
+    assert len(list((root / "cats").iterdir())) == 2

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.story import list_stories
 
-PAGE = "pages/7_presenter.py"
+PAGE = "pages/8_presenter.py"
 
 
 def shown(at: AppTest) -> str:

@@ -241,6 +241,28 @@ def square_thumb(path: str | Path, side: int = 200) -> bytes | None:
     return _cached_square(str(path), side, mtime)
 
 
+def page_heatmaps(model_path: Path, paths: Sequence[str]) -> dict[str, object]:
+    """{path: core.explain.Explanation or None} for the grid's page, in batches (cached per photo version)."""
+    from core.explain import explain_files  # TensorFlow only when heatmaps are asked for
+
+    return dict(zip(paths, explain_files(model_path, paths)))
+
+
+def heat_thumb(path: str | Path, explanation, side: int = 200) -> bytes | None:
+    """The square thumbnail with the heatmap over the photo; None when the photo is gone or unreadable."""
+    from core.explain import overlay
+
+    try:
+        photo = images.thumbnail(path, 2 * side)
+    except images.ImageError:
+        return None
+    drawn = overlay(photo, explanation.heatmap)
+    drawn.thumbnail((side, side))
+    buffer = io.BytesIO()
+    ImageOps.pad(drawn, (side, side), color=(240, 242, 246)).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
 def predict_uploads(model_path: Path, classes: list[str], files: Sequence) -> dict:
     """Predict uploaded images/zips. Files live in a temporary folder only while predicting; the result keeps
     thumbnails as bytes. Returns {"table": DataFrame, "thumbs": [bytes|None], "notes": [str]}."""
