@@ -30,7 +30,7 @@ def test_bottleneck_run_writes_its_folder_and_learns(workspace, tiny_dataset, tm
     metrics, out = _train(tiny_dataset, tmp_path / "run", mode="bottleneck", epochs=20, val_split=0.25)
     assert RUN_FILES <= {p.name for p in out.iterdir()}
     assert metrics["val_accuracy"] >= 0.8  # three colours: trivially separable with ImageNet features
-    assert metrics["n_extracted"] == 24 and metrics["n_train"] == 18 and metrics["n_val"] == 6
+    assert metrics["n_extracted"] == 24 and metrics["n_train"] == 20 and metrics["n_val"] == 4
     assert metrics["test_accuracy"] is None and metrics["classes"] == ["blue", "green", "red"]
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns[:5]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
