@@ -27,7 +27,9 @@ def suspicious_labels(oof: pd.DataFrame | None, classes: list[str], limit: int =
     if len(np.unique(labels)) < 2:
         return pd.DataFrame(columns=columns)
     try:
-        ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+        # n_jobs=1: cleanlab's default forks worker processes, which deadlocks in a process with TensorFlow's
+        # (or Streamlit's) threads running; on a few hundred photos one process takes milliseconds.
+        ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     except ValueError:  # e.g. a class with a single photo: nothing confident to say
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame({
