@@ -260,5 +260,5 @@ def test_cross_validated_accuracy_and_the_suspicious_labels_queue(run_copy, pred
     assert shown.value.startswith(f"{cv['accuracy_mean']:.1%}")
     assert "Check these labels first" in texts(at)
     assert any(img.captions and img.captions[0].startswith("check this label") for img in at.image)
-    assert f"looks like {other}" in texts(at)
+    assert f"looks like **{other}**" in texts(at)
     assert any(b.key and b.key.startswith("suspect_") and b.key.endswith("_copy") for b in at.button)
