@@ -142,6 +142,43 @@ class AugmentConfig:
                 and not self.horizontal_flip and not self.vertical_flip)
 
 
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    title: str
+    description: str
+    settings: dict  # AugmentConfig fields that differ from "no change at all"
+
+    def config(self) -> AugmentConfig:
+        base = dict(rotation_range=0.0, width_shift_range=0.0, height_shift_range=0.0, shear_range=0.0,
+                    zoom_range=0.0, horizontal_flip=False)
+        return AugmentConfig(**(base | self.settings))
+
+
+# A few named starting points; "which suits my photos?" (core.augment_check) measures them on the dataset. The
+# recipe's own setting (rotation 40°, shifts, shear, zoom) distorts more than most photos ever vary, and its
+# heads and fine-tunes did worse than with no augmentation on the datasets measured (BENCHMARKS.md).
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("natural", "Natural photos", "Small turns, shifts and zoom, mirror images; no shear.",
+           dict(rotation_range=10.0, width_shift_range=0.1, height_shift_range=0.1, zoom_range=0.1,
+                horizontal_flip=True)),
+    Preset("from_above", "Seen from above / under a microscope",
+           "Any turn and both flips (no 'up' in these pictures), mirrored edges; no shear.",
+           dict(rotation_range=180.0, horizontal_flip=True, vertical_flip=True, zoom_range=0.1,
+                fill_mode="reflect")),
+    Preset("documents", "Documents and screens", "Small shifts only: no mirror images, turns or zoom.",
+           dict(width_shift_range=0.05, height_shift_range=0.05)),
+    Preset("recipe", "The recipe's (strong)", "The 2016 recipe: rotation 40°, shifts and zoom 0.2, shear, mirror.",
+           AugmentConfig().to_dict()),
+    Preset("off", "Off", "Training sees the photos exactly as they are.", dict(enabled=False)),
+)}
+
+
+def matching_preset(config: AugmentConfig) -> str | None:
+    """The name of the preset `config` is, if any."""
+    return next((name for name, p in PRESETS.items() if p.config() == config), None)
+
+
 def _layer_seed(seed: int | None, index: int) -> int | None:
     """A distinct, reproducible seed per layer: the same seed in every layer would correlate their draws."""
     if seed is None:

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.charts import class_counts_figure
-from core.datasets import DatasetError, dataset_warnings, detect_layout
+from core.datasets import DatasetError, dataset_warnings, detect_layout, split_share_note
 from core.datasets.importing import add_uploads, create_class, create_dataset, dataset_name, import_zip, list_datasets
 from core.errors import FewShotError
 from core.workspace import DEMO_DATASET, PathError, datasets_dir, ensure_allowed, is_editable
@@ -255,7 +255,8 @@ if ds.layout == "split":
 else:
     st.markdown("Part of each class is **held out to measure accuracy on images the model never trained on** "
                 "(validation). An optional test share is kept aside until the very end, for one final honest score. "
-                "Each class is split in the same proportion, and the same seed always gives the same split.")
+                "Each photo's split is drawn from its own content and the seed, so it stays put when you add or "
+                "relabel photos.")
     c1, c2, c3 = st.columns(3)
     c1.slider("Validation share", 0.0, 0.5, step=0.05, format="%.2f", **synced("ds_val_split", "val_split"),
               help="Fraction of each class held out for validation. 0.2 (one photo in five) is the usual choice.")
@@ -263,6 +264,8 @@ else:
               help="Fraction of each class kept for a final test. 0 is fine for small datasets.")
     c3.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, **synced("ds_seed", "seed"),
                     help="Change it to draw a different split; the same seed always gives the same one.")
+    if note := split_share_note(ds.items, st.session_state["val_split"], st.session_state["test_split"]):
+        st.caption(note)
 
 # --- photos
 st.subheader("Photos per class")

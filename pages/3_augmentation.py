@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.augment import FIELD_HELP, FILL_MODES, AugmentConfig, AugmentError, preview
+from core.augment import FIELD_HELP, FILL_MODES, PRESETS, AugmentConfig, AugmentError, matching_preset, preview
 from core.backbones import BackboneError, get_backbone
 from core.errors import FewShotError
 from core.images import load_rgb
@@ -55,6 +55,32 @@ def _apply_widgets() -> None:
         st.session_state["augment"] = AugmentConfig.from_dict(values).to_dict()
     except AugmentError as exc:
         flash("aug", "error", f"That setting cannot be used: {md(exc)}")
+
+
+def _apply_preset() -> None:
+    name = st.session_state["aug_preset"]
+    if name in PRESETS:
+        st.session_state["augment"] = PRESETS[name].config().to_dict()
+        flash("aug", "success", f"Preset **{md(PRESETS[name].title)}**: {md(PRESETS[name].description)}")
+
+
+def _use_preset(name: str) -> None:
+    st.session_state["aug_preset"] = name
+    _apply_preset()
+
+
+def _check_presets(root: str) -> None:
+    """Train a head per preset on cached features of augmented copies (TensorFlow loads here, on the click)."""
+    from core.augment_check import check_presets
+
+    try:
+        with st.spinner("Training a head per preset on augmented copies of your photos…"):
+            scores = check_presets(root, st.session_state["val_split"], st.session_state["seed"],
+                                   st.session_state["backbone"])
+    except (FewShotError, OSError) as exc:
+        flash("aug", "error", f"The check could not run: {md(exc)}")
+        return
+    st.session_state["aug_check"] = {"root": root, "scores": [vars(s) for s in scores]}
 
 
 def _reset() -> None:
@@ -131,6 +157,29 @@ settings, shown = st.columns([1, 2], gap="large")
 with settings:
     st.subheader("Settings")
     show_flash("aug")
+    preset_names = ["custom", *PRESETS]
+    st.session_state["aug_preset"] = matching_preset(config) or "custom"
+    st.selectbox("Start from a preset", preset_names, key="aug_preset", on_change=_apply_preset,
+                 format_func=lambda n: PRESETS[n].title if n in PRESETS else "Custom (your own settings)",
+                 help="Natural photos: small changes. Seen from above/microscope: any turn and flips. Documents: "
+                      "small shifts only. The check below measures which suits your photos.")
+    check_ds = current_dataset(required=False)
+    if check_ds is not None:
+        st.button("Which suits my photos?", key="aug_check_button", on_click=_check_presets,
+                  args=(str(check_ds.root),), icon=":material/science:",
+                  help="Trains a quick head per preset on augmented copies of your training photos (pretrained "
+                       "features, cached) and scores each on the validation photos. Seconds to a minute.")
+        result = st.session_state.get("aug_check")
+        if result and result["root"] == str(check_ds.root):
+            best = result["scores"][0]
+            st.table([{"preset": r["title"],
+                       "validation accuracy": f"{r['val_accuracy']:.0%} of {r['n_val']} photos",
+                       "validation loss": f"{r['val_loss']:.3f}"} for r in result["scores"]])
+            st.success(f"Recommended for these photos: **{md(best['title'])}** (best validation accuracy, then "
+                       f"lowest loss). One photo is {100 / best['n_val']:.1f} points here: close scores are a tie.")
+            if st.session_state["aug_preset"] != best["preset"]:
+                st.button(f"Use {best['title']}", key="aug_use_best", on_click=_use_preset, args=(best["preset"],),
+                          icon=":material/check:")
     values = config.to_dict()
     for name, (label, step) in LABELS.items():
         help_text, lo, hi = FIELD_HELP[name]

@@ -10,6 +10,7 @@ from core.charts import history_figure
 from core.config import MODE_HELP, MODES, ConfigError, TrainConfig
 from core.engine import submit
 from core.errors import FewShotError
+from core.run_summary import saved_model_note
 from core.runs import (
     ACTIVE_STATES,
     Run,
@@ -199,13 +200,17 @@ def live_view(run: Run, polling: bool) -> None:
         metrics = run.metrics() or {}
         c1, c2, c3, c4 = st.columns(4)
         if metrics.get("val_accuracy") is not None:
-            c1.metric("Validation accuracy", f"{metrics['val_accuracy']:.1%}")
+            c1.metric("Validation accuracy", f"{metrics['val_accuracy']:.1%}",
+                      help=f"Measured on {metrics.get('n_val', '?')} validation photos.")
         if metrics.get("test_accuracy") is not None:
-            c2.metric("Test accuracy", f"{metrics['test_accuracy']:.1%}")
+            c2.metric("Test accuracy", f"{metrics['test_accuracy']:.1%}",
+                      help=f"Measured on {metrics.get('n_test', '?')} test photos.")
         c3.metric("Time", f"{from_click:.1f} s", help="From your click on Start to the results on disk.")
         if metrics.get("n_extracted") is not None:
             c4.metric("Images through the network", metrics["n_extracted"],
                       help="Images whose features had to be computed; the rest came from the cache.")
+        if note := saved_model_note(metrics):
+            st.caption(note)
         parts = status.breakdown(metrics.get("phase_seconds"))
         if parts:
             st.caption("Where the time went: " + " · ".join(f"{name} {sec:.1f} s" for name, sec in parts.items()))

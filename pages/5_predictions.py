@@ -13,11 +13,12 @@ import streamlit as st
 from core.errors import FewShotError
 from core.evaluate import frame_confusion
 from core.export.formats import FORMATS, input_text, snippet
+from core.run_summary import saved_model_note
 from core.runs import Run, file_stem, list_runs, run_dataset_title, run_title
 from ui.common import dataset_label, md
 from ui.dataset_views import IMAGE_TYPES
 from ui.frame import require_frame
-from ui.labeling_views import fix_controls, image_now, retrain_button, retrain_status
+from ui.labeling_views import fix_controls, image_now, retrain_button, retrain_status, suspects_queue
 from ui.layout import grid, name_line, row
 from ui.prediction_views import (
     ALL,
@@ -95,15 +96,25 @@ st.caption(f"Run `{md(run.id)}` · dataset **{md(dataset_label(train.get('data',
 val_acc, test_acc = metrics.get("val_accuracy"), metrics.get("test_accuracy")
 seconds = metrics.get("total_seconds") or metrics.get("train_seconds")
 summary = [("Validation accuracy", f"{val_acc:.1%}" if val_acc is not None else "—",
-            "Share of the validation photos (kept aside, never trained on) that the model got right.")]
+            f"Share of the {metrics.get('n_val', '?')} validation photos (kept aside, never trained on) that the "
+            "model got right.")]
 if test_acc is not None:
-    summary.append(("Test accuracy", f"{test_acc:.1%}", "The same on the test photos, which were not even used to "
-                                                         "decide when to stop training: the most honest estimate."))
+    summary.append(("Test accuracy", f"{test_acc:.1%}",
+                    f"The same on the {metrics.get('n_test')} test photos, which were not even used to decide "
+                    "when to stop training: the most honest estimate."))
+cv = metrics.get("cross_validation") or {}
+if cv.get("accuracy_mean") is not None:
+    summary.append(("Cross-validated accuracy", f"{cv['accuracy_mean']:.1%} ± {cv['accuracy_std'] * 100:.0f}",
+                    f"The {cv['k']} heads of a {cv['k']}-fold cross-validation on all {cv['n_photos']} training and "
+                    f"validation photos, each judged by a head that never saw it (± the spread across the folds, "
+                    f"in points). With few validation photos one split is noise: this is the steadier number."))
 summary += [("Validation photos", metrics.get("n_val", "—"), None),
             ("Training time", f"{seconds:.1f} s" if seconds else "—",
              "From the start of the training to its results.")]
 for col, (title, value, explanation) in zip(st.columns(len(summary)), summary):
     col.metric(title, value, help=explanation)
+if note := saved_model_note(metrics):
+    st.caption(note)
 
 
 def export_check_note(run: Run) -> None:
@@ -245,6 +256,7 @@ else:
                 # Fix right here, on every photo: move it to its right class or delete it.
                 if data is not None:
                     fix_controls(dataset_root, Path(item["path"]), classes, key=f"fix_{run_id}_{item.name}")
+suspects_queue(run, classes, dataset_root)
 st.caption("A photo filed under the wrong class, or one that does not belong? Fix it on its card above (or on "
            "the Label page), then retrain: only changed photos are processed anew, so it takes seconds.")
 retrain_button(run, key="pred_retrain")

@@ -5,6 +5,7 @@ import streamlit as st
 
 from core.charts import overlay_figure
 from core.errors import FewShotError
+from core.retraining import compare_on_same_photos
 from core.runs import ACTIVE_STATES, RunError, delete_run, get_run, retrained_from, runs_table
 from ui.common import md, warn_if_disk_full
 from ui.engine_views import engine_panel
@@ -49,10 +50,21 @@ def retrain_comparison(table) -> None:
         st.markdown(f"**Your last fix-and-retrain:** {md(titles.get(source_id, source_id))} → "
                     f"{md(after['title'])}")
         c1, c2, c3 = st.columns(3)
-        acc_b, acc_a = before["val_accuracy"], after["val_accuracy"]
-        if acc_a is not None and acc_b is not None:
-            c1.metric("Validation accuracy", f"{acc_a:.1%}", delta=f"{(acc_a - acc_b) * 100:+.1f} points",
-                      help="Before → after. The validation photos can change a little when photos are relabelled.")
+        try:
+            same = compare_on_same_photos(get_run(source_id), get_run(after["run"]))
+        except (RunError, OSError):
+            same = None
+        if same is not None:
+            c1.metric(f"Validation accuracy ({same.n_photos} photos)", f"{same.after_accuracy:.1%}",
+                      delta=f"{(same.after_accuracy - same.before_accuracy) * 100:+.1f} points",
+                      help=f"Before → after on the same {same.n_photos} validation photos (those in both runs), "
+                           f"each judged by its corrected label ({same.n_relabelled} relabelled). "
+                           f"{same.n_only_after} photo(s) only the new run validated on, {same.n_only_before} only "
+                           f"the old one.")
+        elif after["val_accuracy"] is not None and before["val_accuracy"] is not None:
+            c1.metric("Validation accuracy", f"{after['val_accuracy']:.1%}",
+                      delta=f"{(after['val_accuracy'] - before['val_accuracy']) * 100:+.1f} points",
+                      help="Before → after on each run's own validation photos: the two runs share none.")
         metrics = get_run(after["run"]).metrics() or {}
         c2.metric("Photos processed anew", metrics.get("n_extracted", "—"),
                   help="Photos whose features were not in the cache (new or changed content).")
@@ -79,7 +91,7 @@ keep_ticked_runs(table["run"].tolist())
 event = st.dataframe(
     table, key=TABLE_KEY, on_select="rerun", selection_mode="multi-row", hide_index=True,
     # What tells runs apart first (a narrow window shows the first columns); the folder id last.
-    column_order=["title", "dataset", "val_accuracy", "mode", "status", "date", "seconds", "test_accuracy",
+    column_order=["title", "dataset", "val_accuracy", "n_val", "mode", "status", "date", "seconds", "test_accuracy",
                   "backbone", "run"] + (["damaged"] if table["damaged"].any() else []),
     column_config={
         "title": st.column_config.TextColumn("name", pinned=True,
@@ -91,7 +103,9 @@ event = st.dataframe(
                                                          "then also adjusts the top of the pretrained network."),
         "val_accuracy": st.column_config.ProgressColumn(
             "validation accuracy", format="percent", min_value=0.0, max_value=1.0,
-            help="Share of the validation photos the model got right."),
+            help="Share of the validation photos the model got right (how many: the next column)."),
+        "n_val": st.column_config.NumberColumn("of photos", format="%d",
+                                               help="How many validation photos that accuracy is measured on."),
         "test_accuracy": st.column_config.ProgressColumn(
             "test accuracy", format="percent", min_value=0.0, max_value=1.0,
             help="The same on the test photos (only when a test split was kept aside)."),

@@ -215,3 +215,25 @@ def test_saved_model_loads_with_plain_keras_and_is_identity_at_inference(tmp_pat
     np.testing.assert_array_equal(loaded_aug(data, training=False).numpy(), data)
     if not cfg.is_identity():
         assert not np.array_equal(loaded_aug(data, training=True).numpy(), data)
+
+
+def test_presets_are_valid_and_distinct():
+    from core.augment import PRESETS, matching_preset
+
+    configs = {name: p.config() for name, p in PRESETS.items()}
+    assert len({tuple(sorted(c.to_dict().items())) for c in configs.values()}) == len(configs)
+    assert configs["off"].is_identity() and not configs["natural"].is_identity()
+    assert configs["natural"].shear_range == 0 and configs["from_above"].vertical_flip
+    assert not configs["documents"].horizontal_flip and configs["documents"].rotation_range == 0
+    assert all(matching_preset(c) == name for name, c in configs.items())
+    assert matching_preset(AugmentConfig(rotation_range=3.0)) is None
+
+
+def test_which_preset_suits_the_photos_scores_each_on_validation(workspace, tiny_dataset):
+    from core.augment_check import check_presets
+
+    scores = check_presets(tiny_dataset, val_split=0.25, presets=["natural", "off"], copies=1)
+    assert {s.preset for s in scores} == {"natural", "off"}
+    assert all(s.n_val == 4 and 0 <= s.val_accuracy <= 1 for s in scores)
+    assert scores == sorted(scores, key=lambda s: (-s.val_accuracy, s.val_loss))
+    assert len(list((workspace / "cache" / "features").rglob("*.npy"))) == 24 + 20  # the natural copies cached

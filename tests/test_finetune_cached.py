@@ -74,6 +74,13 @@ def test_cached_finetune_trains_the_top_block_exports_and_second_run_reads_the_c
     assert any(not np.allclose(t, f) for name in tuned for t, f in zip(tuned[name], frozen[name]))
     check = verify_export(get_run(tmp_path / "a"))
     assert check["same_top1"] == 1.0 and check["max_abs_diff"] < 1e-4
+    # metrics.json describes the saved model: a fine-tune epoch here, its own validation loss (not the minimum
+    # over the bottleneck stage too).
+    assert not info["kept_start"] and first["saved_model"]["stage"] == "finetune"
+    kept = history[history["epoch"] == first["best_epoch"]].iloc[0]
+    assert kept["stage"] == "finetune" and first["val_loss"] == pytest.approx(kept["val_loss"])
+    assert first["val_loss"] == pytest.approx(history[history["stage"] == "finetune"]["val_loss"].min())
+    assert first["val_loss"] < info["start_val_loss"]
 
     # A retrain of the same photos with other settings: every activation comes from the cache.
     second = _train(tiny_dataset, tmp_path / "b", finetune_lr=3e-4, dense_units=64)
@@ -83,7 +90,8 @@ def test_cached_finetune_trains_the_top_block_exports_and_second_run_reads_the_c
 
 def test_finetune_full_takes_the_image_path(workspace, tiny_dataset, tmp_path):
     metrics = _train(tiny_dataset, tmp_path / "full", finetune_full=True, finetune_epochs=1)
-    assert metrics["finetune"] == {"path": "full"}
+    assert metrics["finetune"]["path"] == "full" and metrics["finetune"]["start_val_loss"] is not None
+    assert metrics["saved_model"]["epoch"] == (0 if metrics["finetune"]["kept_start"] else 4)
     assert "activations" not in metrics["phase_seconds"]
     assert not (workspace / "cache" / "activations").exists() or not any((workspace / "cache" / "activations")
                                                                         .rglob("*.npy"))
@@ -107,3 +115,30 @@ def test_finetune_full_is_validated_and_saved():
     assert TrainConfig().finetune_full is False
     with pytest.raises(ConfigError, match="finetune_full"):
         TrainConfig(finetune_full="yes")
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_finetune_that_never_beats_its_head_keeps_the_head(workspace, tiny_dataset, tmp_path, full):
+    """The starting head is epoch 0: a fine-tune whose epochs all do worse on validation (here a learning rate that
+    blows it apart) ends with the head, on the frozen backbone, its predictions and its metrics."""
+    from core.training import verify_export
+
+    out = tmp_path / ("full" if full else "cached")
+    metrics = _train(tiny_dataset, out, finetune_lr=1.0, finetune_epochs=1, batch_size=2, finetune_full=full)
+    info, saved = metrics["finetune"], metrics["saved_model"]
+    assert info["kept_start"] and info["kept_epoch"] == 0
+    history = pd.read_csv(out / "history.csv")
+    bottleneck = history[history["stage"] == "bottleneck"]
+    assert saved["stage"] == "bottleneck" and "head was kept" in saved["why"]
+    assert metrics["best_epoch"] == bottleneck.loc[bottleneck["val_loss"].idxmin(), "epoch"]
+    assert metrics["val_loss"] == pytest.approx(bottleneck["val_loss"].min())
+    run = get_run(out)
+    assert not run.was_finetuned()  # no fine-tuned backbone: model.keras is the head on the frozen one
+    from core.backbones import build_feature_extractor
+    frozen = {layer.name: [w.numpy() for w in layer.weights] for layer in build_feature_extractor(
+        "efficientnet_lite0").layers if layer.name.startswith("block15_") and layer.weights}
+    kept = _top_block_weights(out / "model.keras")
+    assert all(np.allclose(t, f) for name in kept for t, f in zip(kept[name], frozen[name]))
+    check = verify_export(run)
+    assert check["same_top1"] == 1.0 and check["max_abs_diff"] < 1e-4
+

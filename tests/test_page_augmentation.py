@@ -134,3 +134,16 @@ def test_uploaded_photo_is_previewed(workspace, tmp_path, make_image, open_page)
     assert at.multiselect(key="aug_pick").value == []  # the emptied choice is kept, not reset to the default
     assert any("your photo · mine.png" in m.value.replace("\\", "") for m in at.markdown)
     assert [len(a) for _, a in previews(at)] == [N]
+
+
+def test_a_preset_sets_every_field_and_is_recognised(workspace, open_page):
+    from core.augment import PRESETS
+
+    at = open_page()
+    assert at.selectbox(key="aug_preset").value == "recipe"  # the defaults are the recipe's preset
+    at.selectbox(key="aug_preset").set_value("documents").run()
+    assert not at.exception
+    assert at.session_state["augment"] == PRESETS["documents"].config().to_dict()
+    assert at.slider(key="aug_rotation_range").value == 0.0 and not at.checkbox(key="aug_horizontal_flip").value
+    at.slider(key="aug_rotation_range").set_value(5.0).run()
+    assert at.selectbox(key="aug_preset").value == "custom"

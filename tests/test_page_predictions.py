@@ -26,7 +26,8 @@ def predictions_page(open_app_page):
 
 
 def n_images(at: AppTest) -> int:
-    return len(at.get("image"))
+    """The grid's photos (the suspicious-labels queue's are captioned "check this label")."""
+    return sum(1 for img in at.image if not (img.captions and img.captions[0].startswith("check this label")))
 
 
 def texts(at: AppTest) -> str:
@@ -254,8 +255,39 @@ def test_fix_a_photo_from_a_confusion_cell_then_retrain(run_copy, demo_run, demo
     assert new.config().data == str(copies[0]) and len(list_runs()) == 2
     at.run()  # the retraining's note: its result, and a button to show it
     assert not at.exception
-    assert any("Retrained in" in m.value and "(was 100%)" in m.value for m in at.success), [m.value for m in at.success]
+    # Before/after on the same validation photos: the relabelled one stayed in validation (its split follows its
+    # content), and the old model is judged by its corrected label there.
+    n_val = int((first["split"] == "val").sum())
+    assert metrics["n_val"] == n_val
+    assert any("Retrained in" in m.value and f"on the same {n_val} photos, 1 of them relabelled" in m.value
+               for m in at.success), [m.value for m in at.success]
     at.button(key="pred_retrain_show").click().run()
     assert not at.exception
     assert at.selectbox(key="pred_run").value == new_id
     assert "pred_retrain_started" not in at.session_state and not any("Retrained in" in m.value for m in at.success)
+
+
+def test_cross_validated_accuracy_and_the_suspicious_labels_queue(run_copy, predictions_page):
+    """Issue 11.5/11.6: a small dataset shows its cross-validated accuracy beside the split's, and a queue of the
+    photos whose labels the cross-validated head doubts, each fix preset to the class it believes."""
+    run = Run(run_copy)
+    metrics = run.metrics()
+    cv = metrics["cross_validation"]
+    assert cv["n_photos"] == metrics["n_train"] + metrics["n_val"] and cv["k"] == 5
+    oof = run.oof()
+    classes = metrics["classes"]
+    # Make one photo look mislabelled: its cross-validated probabilities confidently say another class.
+    row = oof.index[0]
+    other = next(c for c in classes if c != oof.loc[row, "label"])
+    for c in classes:
+        oof.loc[row, f"p_{c}"] = 0.97 if c == other else 0.01
+    run.write_oof(oof["path"].tolist(), oof["label"].tolist(), oof[[f"p_{c}" for c in classes]].to_numpy(),
+                  classes)
+    at = predictions_page()
+    assert not at.exception
+    shown = next(m for m in at.metric if m.label == "Cross-validated accuracy")
+    assert shown.value.startswith(f"{cv['accuracy_mean']:.1%}")
+    assert "Check these labels first" in texts(at)
+    assert any(img.captions and img.captions[0].startswith("check this label") for img in at.image)
+    assert f"looks like **{other}**" in texts(at)
+    assert any(b.key and b.key.startswith("suspect_") and b.key.endswith("_copy") for b in at.button)

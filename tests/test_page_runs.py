@@ -135,12 +135,20 @@ def test_a_retrain_is_shown_before_and_after(run_copy, runs_page):
     config["name"] = f"retrain of {run_copy.name}"
     (after / "config.json").write_text(json.dumps(config))
     metrics = json.loads((after / "metrics.json").read_text())
-    metrics.update(val_accuracy=metrics["val_accuracy"] - 0.04, n_extracted=3)
+    metrics.update(n_extracted=3)
     (after / "metrics.json").write_text(json.dumps(metrics))
+    # The retrain gets one validation photo wrong that the source got right: before/after on the same photos.
+    from core.runs import Run
+    frame = Run(after).predictions()
+    val = frame.index[(frame["split"] == "val") & frame["correct"]]
+    wrong = next(c for c in metrics["classes"] if c != frame.loc[val[0], "label"])
+    frame.loc[val[0], "predicted"] = wrong
+    Run(after).write_predictions(frame)
+    n_val = int((frame["split"] == "val").sum())
     at = runs_page()
     source_title = run_title(Run(run_copy))
     assert any("last fix-and-retrain" in m.value and source_title in m.value.replace("\\", "")
                and "retrain of" in m.value for m in at.markdown)
-    accuracy = next(m for m in at.metric if m.label == "Validation accuracy")
-    assert accuracy.delta == "-4.0 points"
+    accuracy = next(m for m in at.metric if m.label == f"Validation accuracy ({n_val} photos)")
+    assert accuracy.delta == f"{-100 / n_val:+.1f} points"
     assert next(m for m in at.metric if m.label == "Photos processed anew").value == "3"

@@ -13,7 +13,7 @@ import pytest
 from core.config import TrainConfig
 from core.engine import execute_run
 from core.features import FeatureCache, extract_features
-from core.runs import create_run
+from core.runs import create_run, get_run
 
 RUN_FILES = {"config.json", "status.json", "history.csv", "metrics.json", "model.keras", "labels.json",
              "predictions.csv", "split.json"}
@@ -30,7 +30,7 @@ def test_bottleneck_run_writes_its_folder_and_learns(workspace, tiny_dataset, tm
     metrics, out = _train(tiny_dataset, tmp_path / "run", mode="bottleneck", epochs=20, val_split=0.25)
     assert RUN_FILES <= {p.name for p in out.iterdir()}
     assert metrics["val_accuracy"] >= 0.8  # three colours: trivially separable with ImageNet features
-    assert metrics["n_extracted"] == 24 and metrics["n_train"] == 18 and metrics["n_val"] == 6
+    assert metrics["n_extracted"] == 24 and metrics["n_train"] == 20 and metrics["n_val"] == 4
     assert metrics["test_accuracy"] is None and metrics["classes"] == ["blue", "green", "red"]
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns[:5]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
@@ -39,6 +39,13 @@ def test_bottleneck_run_writes_its_folder_and_learns(workspace, tiny_dataset, tm
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["mode"] == "bottleneck" and "tensorflow" in config["versions"]
     assert json.loads((out / "labels.json").read_text()) == ["blue", "green", "red"]
+    # A small dataset is cross-validated after the results (features from the cache): every training and
+    # validation photo judged once by a head that never saw it.
+    cv = metrics["cross_validation"]
+    assert cv["k"] == 5 and cv["n_photos"] == 24 and 0 <= cv["accuracy_std"] <= 1 and cv["accuracy_mean"] >= 0.8
+    oof = get_run(out).oof()
+    assert len(oof) == 24 and {"path", "label", "p_blue", "p_green", "p_red"} <= set(oof.columns)
+    assert metrics["saved_model"]["stage"] == "bottleneck" and metrics["saved_model"]["n_val"] == 4
 
 
 def test_cache_hit_extracts_nothing_and_new_content_only(workspace, tiny_dataset, tmp_path, make_image):

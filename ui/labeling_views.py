@@ -14,6 +14,8 @@ import streamlit as st
 from core import labeling
 from core.engine import retrain
 from core.errors import FewShotError
+from core.retraining import compare_on_same_photos, retrain_plan
+from core.run_summary import saved_model_note
 from core.runs import ACTIVE_STATES, Run, RunError, get_run, retrained_from
 from ui.common import dataset_label, md, thumb, unsaved_uploads
 from ui.dataset_views import flash
@@ -324,20 +326,26 @@ def _retrain(run: Run, data: Path, state_key: str) -> None:
         return
     st.session_state[state_key] = new.id
     st.session_state["watch_run"] = new.id  # the Training page follows it
-    st.toast("Retraining started: only changed photos go through the network again.", icon=":material/replay:")
+    mode = run.config().mode
+    st.toast("Retraining started: only changed photos go through the network again." if mode == "bottleneck" else
+             f"Retraining started, like the original run ({mode}): this takes as long as it did.",
+             icon=":material/replay:")
 
 
 def retrain_button(run: Run, key: str, dataset_root: Path | None = None, primary: bool = True) -> None:
-    """'Retrain with my fixes': a bottleneck run with `run`'s settings on the fixed dataset (the run's own, or its
-    editable copy when the run was trained on the read-only demo). Cached features make it take seconds.
+    """'Retrain with my fixes': a run like `run` (same mode, backbone, settings) on the fixed dataset (the run's
+    own, or its editable copy when the run was trained on the read-only demo). Cached features make it take seconds.
     `retrain_status` shows what it started."""
     data = Path(run.config().data)
     target = dataset_root or labeling.working_copy(data, prefer=st.session_state.get("dataset")) or data
     state_key = f"{key}_started"
+    plan = retrain_plan(run, target)
     st.button("Retrain with my fixes", key=key, on_click=_retrain, args=(run, target, state_key),
               icon=":material/replay:", type="primary" if primary else "secondary",
-              help=f"Trains again on {dataset_label(target)} as it is now, with the same settings. Photos the "
-                   f"network has already seen cost nothing: it takes seconds.")
+              help=f"Trains again on {dataset_label(target)} as it is now. {plan.describe()} Photos the network "
+                   f"has already seen cost nothing{': it takes seconds' if run.config().mode == 'bottleneck' else ''}.")
+    if plan.differences:
+        st.caption("The retrain differs from this run in one way: " + "; ".join(plan.differences) + ".")
 
 
 def retrain_status(key: str) -> None:
@@ -379,13 +387,52 @@ def _retrain_progress(new: Run, was_active: bool, key: str) -> None:
     # From the click (the run folder's creation) to the results: what the user waited.
     seconds = (status.finished_at or 0) - (status.created_at or status.started_at or 0)
     change = ""
-    if after.get("val_accuracy") is not None and previous.get("val_accuracy") is not None:
-        change = f": validation accuracy {after['val_accuracy']:.0%} (was {previous['val_accuracy']:.0%})"
+    try:
+        same = compare_on_same_photos(get_run(source), new) if source else None
+    except (RunError, OSError):
+        same = None
+    if same is not None:
+        change = f": {same.sentence()}"
+    elif after.get("val_accuracy") is not None and previous.get("val_accuracy") is not None:
+        change = (f": validation accuracy {after['val_accuracy']:.0%} on {after.get('n_val', '?')} photos (was "
+                  f"{previous['val_accuracy']:.0%} on {previous.get('n_val', '?')}; no photo in common to compare)")
     st.success(f"Retrained in {seconds:.1f} s{change}; {after.get('n_extracted', 0)} photo(s) went through the "
                f"network again.", icon=":material/check_circle:")
+    if note := saved_model_note(after):
+        st.caption(note)
     # Not a callback: a widget inside a fragment reruns only the fragment, and the page has to change.
     if st.button("Show the new results", key=f"{key}_show", icon=":material/grid_view:", type="primary"):
         st.session_state["run_id"] = new.id  # the Predictions page's run picker follows it
         st.session_state.pop("pred_run", None)
         st.session_state.pop(f"{key}_started", None)  # shown: the retraining's note has done its job
         st.switch_page("pages/5_predictions.py")
+
+
+def suspects_queue(run: Run, classes: list[str], dataset_root: Path, per_row: int = 6) -> None:
+    """The photos whose labels the cross-validated head most doubts (confident learning, `core.suspects`), most
+    suspicious first, each with its fix preset to the class the head believes: one click on Move relabels it."""
+    from core.suspects import suspicious_labels
+
+    try:
+        queue = suspicious_labels(run.oof(), classes)
+    except (OSError, ValueError) as exc:
+        st.caption(f"The suspicious-labels queue could not be read: {md(exc)}")
+        return
+    if queue.empty:
+        if run.oof() is not None:
+            st.caption("No label looks suspicious: the cross-validated model agrees with every label it was sure "
+                       "about.")
+        return
+    st.markdown(f"**Check these labels first** — {len(queue)} photo(s) that a model which never trained on them "
+                f"confidently puts in another class (cross-validated; the most doubtful first).")
+    for start in range(0, len(queue), per_row):
+        for col, (i, item) in zip(st.columns(per_row), queue.iloc[start:start + per_row].iterrows()):
+            with col.container(border=True):
+                data = thumb(item["path"], 200)
+                if data is not None:
+                    st.image(data, width="stretch", caption=f"check this label: {Path(item['path']).name}")
+                st.markdown(f"filed **{md(item['label'])}**, looks like **{md(item['suggested'])}** "
+                            f"({item['p_suggested']:.0%})")
+                key = f"suspect_{run.id}_{i}"
+                st.session_state.setdefault(f"{key}_class", item["suggested"])
+                fix_controls(dataset_root, Path(item["path"]), classes, key=key)

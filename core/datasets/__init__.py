@@ -28,13 +28,13 @@ from core.datasets.scan import (
                                  scan_class_folder,
                                  scan_dataset,
 )
-from core.datasets.split import natural_key, split_counts, stable_rank, stratified_split
+from core.datasets.split import content_key, natural_key, split_position, split_share_note, stratified_split
 from core.datasets.zips import MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_RATIO, safe_extract_zip, unpack_zip_cached
 
 __all__ = [
     "CLASS_NAME_RE", "MAX_ZIP_BYTES", "MAX_ZIP_MEMBERS", "MAX_ZIP_RATIO", "NOT_TEXT_REASON", "RESERVED_FOLDERS",
     "SPLITS", "SPLIT_FOLDER_NAMES", "Dataset", "DatasetError", "Item", "Skipped", "class_folders",
     "dataset_warnings", "detect_layout", "find_dataset_root", "free_name", "iter_image_files", "natural_key",
-    "safe_extract_zip", "safe_name", "scan_class_folder", "scan_dataset", "split_counts", "stable_rank",
-    "stratified_split", "unpack_zip_cached", "validate_class_name",
+    "safe_extract_zip", "safe_name", "scan_class_folder", "scan_dataset", "content_key", "split_position",
+    "split_share_note", "stratified_split", "unpack_zip_cached", "validate_class_name",
 ]

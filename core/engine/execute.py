@@ -123,6 +123,19 @@ def _after_results(run: Run, model_pending: bool, verify) -> None:
     if model_pending:
         write_run_model(run)
     _verify(run, verify)
+    _cross_validate(run)
+
+
+def _cross_validate(run: Run) -> None:
+    """Small datasets' cross-validated accuracy (seconds, features from the cache): a bonus like the export
+    check, after the results, so it never delays them; its failure is reported, never fails the run."""
+    from core.training.crossval import cross_validate_run
+
+    try:
+        cross_validate_run(run)
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        run.update_metrics(cross_validation={"error": friendly_error(exc)})
 
 
 def write_run_model(run: Run) -> RunStatus:

@@ -3,10 +3,10 @@ click's time is its `created_at`); the configured executor (core/engine/executor
 Ray cluster when FEWSHOT_RAY_ADDRESS is set) picks it up."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from core.engine.executors import get_executor
+from core.retraining import retrain_plan
 from core.runs import RETRAIN_PREFIX, Run, create_run
 
 
@@ -16,10 +16,10 @@ def submit(run: Run, address: str | None = None) -> Run:
 
 
 def retrain(source: Run, name: str = "", data: str | Path | None = None) -> Run:
-    """Start a bottleneck run with `source`'s settings on the dataset as it is now (after label fixes).
+    """Start a run like `source` (its mode, backbone and settings: `core.retraining.retrain_plan`) on the dataset
+    as it is now, after label fixes.
 
     `data` replaces the dataset (e.g. the editable copy of the read-only demo the fixes were made in).
     Cached features make it fast: only new or changed image content goes through the backbone.
     """
-    config = replace(source.config(), mode="bottleneck", from_run=None, **({"data": str(data)} if data else {}))
-    return submit(create_run(config, name=name or f"{RETRAIN_PREFIX}{source.id}"))
+    return submit(create_run(retrain_plan(source, data).config, name=name or f"{RETRAIN_PREFIX}{source.id}"))

@@ -41,7 +41,7 @@ from core.runs.process import process_alive
 from core.runs.status import FIELD_NAMES, RunStatus
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "stage", "lr", "seconds"]
-TEXT_COLUMNS = ("path", "split", "label", "predicted")  # a class named "1" or "01" stays that text
+TEXT_COLUMNS = ("path", "split", "label", "predicted", "content")  # a class named "1" or "01" stays text
 
 
 TRACEBACK_START = ("Traceback (most recent call last):", "During handling of the above exception",
@@ -85,6 +85,7 @@ class Run:
     SPLIT = "split.json"
     PREDICTIONS = "predictions.csv"
     METRICS = "metrics.json"
+    CROSSVAL = "crossval_predictions.csv"  # out-of-fold probabilities of the cross-validated head (small datasets)
     LABELS = "labels.json"
     HEAD = "head.weights.h5"
     BOTTLENECK_HEAD = "head_bottleneck.weights.h5"
@@ -357,6 +358,22 @@ class Run:
     def write_predictions(self, frame: pd.DataFrame) -> None:
         with fsutil.atomic_path(self.file(self.PREDICTIONS)) as tmp:
             frame.to_csv(tmp, index=False)
+
+    def write_oof(self, paths: list[str], labels: list[str], probs, classes: list[str]) -> None:
+        """The cross-validation's out-of-fold probabilities: each photo judged by a head that never saw it."""
+        frame = pd.DataFrame({"path": paths, "label": labels})
+        frame = pd.concat([frame, pd.DataFrame(probs[:, :len(classes)], columns=[f"p_{c}" for c in classes])],
+                          axis=1)
+        with fsutil.atomic_path(self.file(self.CROSSVAL)) as tmp:
+            frame.to_csv(tmp, index=False)
+
+    def oof(self) -> pd.DataFrame | None:
+        """crossval_predictions.csv (path, label, p_<class>…), None if this run has none."""
+        path = self.file(self.CROSSVAL)
+        if not path.exists():
+            return None
+        return pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
+                           na_values={c: [] for c in TEXT_COLUMNS})
 
     def write_labels(self, classes: list[str]) -> None:
         fsutil.atomic_write_json(self.file(self.LABELS), classes)

@@ -115,13 +115,14 @@ def runs_table(root: str | Path | None = None) -> pd.DataFrame:
             "mode": train.get("mode"),
             "backbone": "—" if train.get("mode") == "scratch" else train.get("backbone"),
             "val_accuracy": metrics.get("val_accuracy"),
+            "n_val": metrics.get("n_val"),
             "test_accuracy": metrics.get("test_accuracy"),
             "seconds": round(seconds, 1) if seconds is not None else None,
             "status": status.state,
             "date": datetime.fromtimestamp(cfg.get("created_at", 0)).strftime("%Y-%m-%d %H:%M"),
             "damaged": ", ".join(run.damaged()),
         })
-    return pd.DataFrame(rows, columns=["run", "name", "title", "dataset", "mode", "backbone", "val_accuracy",
+    return pd.DataFrame(rows, columns=["run", "name", "title", "dataset", "mode", "backbone", "val_accuracy", "n_val",
                                        "test_accuracy", "seconds", "status", "date", "damaged"])
 
 

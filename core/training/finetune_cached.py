@@ -5,7 +5,8 @@ only the top block and the head learn. Here the frozen lower part runs once per 
 its output is cached on disk, `core.activations`), and the top block + head train on those activations, each
 epoch drawing one of the K+1 versions of each training image. Same start (the bottleneck head), optimiser
 (SGD, the fine-tune learning rate, momentum 0.9), epochs, class weights, BatchNorm in inference mode and early
-stopping (best validation loss restored) as the full path. The trained top block is the extractor's own layers,
+stopping (best validation loss restored, the start counted as epoch 0: it is kept when no epoch beats it) as the
+full path. The trained top block is the extractor's own layers,
 so the model returned is the usual end-to-end classifier and model.keras is saved and checked as before.
 
 The loop is head.py's: one compiled graph per epoch (tf.function + while_loop), no `model.fit` bookkeeping.
@@ -82,16 +83,20 @@ def finetune_on_activations(cfg: TrainConfig, n_classes: int, splits: dict[str, 
     train_ok, val_ok = acts["train"].ok, acts["val"].ok
     x_val, y_val = acts["val"].values[0][val_ok], splits["val"].y[val_ok]
     started = time.perf_counter()
-    fit_top(cut.top, head, acts["train"].values[:, train_ok], splits["train"].y[train_ok], x_val, y_val, cfg,
-            n_classes, reporter)
+    info |= fit_top(cut.top, head, acts["train"].values[:, train_ok], splits["train"].y[train_ok], x_val, y_val,
+                    cfg, n_classes, reporter)
     return CachedFinetune(build_image_classifier(extractor, head), activation_seconds,
                           time.perf_counter() - started, info)
 
 
 def fit_top(top: keras.Model, head: keras.Model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-            cfg: TrainConfig, n_classes: int, reporter: Reporter) -> None:
-    """Train `top` + `head` in place on activations `x` (versions, N, ...), one version per image per epoch; with
-    early stopping the best-val-loss weights are restored at the end, like EarlyStopping(restore_best_weights)."""
+            cfg: TrainConfig, n_classes: int, reporter: Reporter) -> dict:
+    """Train `top` + `head` in place on activations `x` (versions, N, ...), one version per image per epoch.
+
+    The starting point (the trained head on the untouched top block) is epoch 0: the weights kept at the end are
+    those of the lowest validation loss among epoch 0 and the fine-tune epochs, so fine-tuning never ends worse on
+    validation than the head it started from. Returns what metrics.json's "finetune" adds: the start's validation
+    loss and accuracy, the epoch kept (0: the start) and whether the start was kept."""
     binary = is_binary(n_classes)
     loss_fn = keras.losses.BinaryCrossentropy() if binary else keras.losses.SparseCategoricalCrossentropy()
     optimizer = keras.optimizers.SGD(cfg.finetune_lr, momentum=0.9)
@@ -150,7 +155,12 @@ def fit_top(top: keras.Model, head: keras.Model, x: np.ndarray, y: np.ndarray, x
     has_val = len(x_val) > 0
     offset = len(reporter.history)
     rng = np.random.default_rng(cfg.seed)
-    best, best_weights, waited = np.inf, None, 0
+    best, best_weights, best_epoch, waited = np.inf, None, None, 0
+    outcome: dict = {"start_val_loss": None, "start_val_accuracy": None}
+    if has_val:
+        start_loss, start_acc = evaluate()
+        outcome |= {"start_val_loss": rounded(start_loss), "start_val_accuracy": rounded(start_acc)}
+        best, best_weights, best_epoch = start_loss, (top.get_weights(), head.get_weights()), 0
     reporter.phase("finetune", f"finetune: epoch 1 of {epochs}")
     for epoch in range(epochs):
         started = time.perf_counter()
@@ -167,13 +177,18 @@ def fit_top(top: keras.Model, head: keras.Model, x: np.ndarray, y: np.ndarray, x
         row["seconds"] = round(time.perf_counter() - started, 3)
         reporter.epoch(row)
         reporter.progress(epoch + 1, epochs, f"finetune: epoch {epoch + 1} of {epochs}")
-        if patience is not None:
-            if monitored < best:
-                best, best_weights, waited = monitored, (top.get_weights(), head.get_weights()), 0
-            else:
-                waited += 1
+        if monitored < best:
+            best, best_weights, best_epoch, waited = monitored, (top.get_weights(), head.get_weights()), epoch + 1, 0
+        else:
+            waited += 1
         if reporter.should_stop() or (patience is not None and waited > 0 and waited >= patience):
             break
     if best_weights is not None:
         top.set_weights(best_weights[0])
         head.set_weights(best_weights[1])
+    kept_start = best_epoch == 0
+    if kept_start:
+        reporter.log(f"no fine-tune epoch beat the starting head's validation loss ({outcome['start_val_loss']}): "
+                     f"kept the head")
+    return outcome | {"kept_epoch": None if best_epoch is None else (offset + best_epoch if best_epoch else 0),
+                      "kept_start": kept_start}

@@ -74,3 +74,12 @@ def fit_on_images(model: keras.Model, cfg: TrainConfig, splits: dict[str, SplitD
     model.fit(batches("train", shuffle=True), validation_data=validation, epochs=epochs, class_weight=weights,
               callbacks=callbacks, verbose=0, shuffle=False)
     return time.perf_counter() - started
+
+
+def evaluate_on_images(model: keras.Model, cfg: TrainConfig, data: SplitData, size: int,
+                       n_classes: int) -> tuple[float, float]:
+    """(loss, accuracy) of a compiled image model on `data`, unweighted like fit's val_loss."""
+    batches = labelled_images(data, size, cfg.batch_size, shuffle=False, seed=cfg.seed)
+    loss, accuracy = model.evaluate(batches.map(lambda x, y: (x, _tf_targets(y, n_classes))), verbose=0)
+    return float(loss), float(accuracy)
+

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from core.runs import Run, check_finetune_source
 from core.tfenv import keras
 from core.training.data import SPLIT_NAMES, SplitData, class_weights
 from core.training.finetune_cached import finetune_on_activations
-from core.training.fit import fit_on_images, rounded
+from core.training.fit import evaluate_on_images, fit_on_images, rounded
 from core.training.head import HeadFitConfig, fit_head
 from core.workspace import features_dir
 
@@ -141,13 +142,14 @@ def finetune(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData], hea
             return result.classifier, StageTimes(train_seconds=result.activation_seconds + result.train_seconds), \
                 result.info
     reporter.log("fine-tuning on full images (every epoch through the whole backbone)")
-    classifier, times = finetune_full(cfg, n_classes, splits, head, reporter)
-    return classifier, times, {"path": "full"}
+    classifier, times, outcome = finetune_full(cfg, n_classes, splits, head, reporter)
+    return classifier, times, {"path": "full"} | outcome
 
 
 def finetune_full(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData], head: keras.Model,
-                  reporter: Reporter) -> tuple[keras.Model, StageTimes]:
-    """Unfreeze the backbone's top block and train it with the head: SGD(lr, momentum 0.9), augmentation on."""
+                  reporter: Reporter) -> tuple[keras.Model, StageTimes, dict]:
+    """Unfreeze the backbone's top block and train it with the head: SGD(lr, momentum 0.9), augmentation on.
+    Also returns the start's validation scores and the epoch kept, as `fit_top` does for the cached path."""
     spec = get_backbone(cfg.backbone)
     # A fresh copy: fine-tuning the process-wide cached extractor would change the features (and cache entries)
     # and exported models of every later run in this process.
@@ -158,9 +160,30 @@ def finetune_full(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData]
     model = with_augmentation(classifier, build_augmenter(cfg.augment, seed=cfg.seed))
     model.compile(optimizer=keras.optimizers.SGD(cfg.finetune_lr, momentum=0.9), loss=loss_for(n_classes),
                   metrics=["accuracy"])
+    # The start (the head on the untouched backbone) is epoch 0: kept when no fine-tune epoch beats it.
+    outcome: dict = {"start_val_loss": None, "start_val_accuracy": None}
+    start_weights = None
+    if len(splits["val"]):
+        start_loss, start_acc = evaluate_on_images(model, cfg, splits["val"], spec.input_size, n_classes)
+        outcome |= {"start_val_loss": rounded(start_loss), "start_val_accuracy": rounded(start_acc)}
+        start_weights = classifier.get_weights()
+    offset = len(reporter.history)
     seconds = fit_on_images(model, cfg, splits, spec.input_size, n_classes, reporter, "finetune",
                             cfg.finetune_epochs)
-    return classifier, StageTimes(train_seconds=seconds)
+    rows = reporter.history[offset:]
+    scored = [r for r in rows if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
+    # EarlyStopping restored its best epoch; without it the last epoch's weights stand.
+    kept = min(scored, key=lambda r: r["val_loss"]) if scored and cfg.early_stopping and len(rows) > 1 \
+        else (rows[-1] if rows else None)
+    # `not <`: a diverged epoch (NaN loss) never counts as beating the start.
+    kept_start = start_weights is not None and (kept is None or kept.get("val_loss") is None
+                                                or not kept["val_loss"] < outcome["start_val_loss"])
+    if kept_start:
+        classifier.set_weights(start_weights)
+        reporter.log(f"no fine-tune epoch beat the starting head's validation loss ({outcome['start_val_loss']}): "
+                     f"kept the head")
+    return classifier, StageTimes(train_seconds=seconds), outcome | {
+        "kept_epoch": 0 if kept_start else (kept["epoch"] if kept else None), "kept_start": kept_start}
 
 
 def train_scratch(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData],

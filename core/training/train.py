@@ -1,14 +1,16 @@
 """Train one run: scan, the mode's stages, predictions and metrics, written into the run folder through `Run`."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from core.config import TrainConfig
-from core.datasets import scan_dataset
+from core.datasets import content_key, scan_dataset
 from core.evaluate import compute_metrics, predictions_frame
 from core.export import save_model
 from core.features import StopRequested, cached_extractor
@@ -65,7 +67,13 @@ def train(cfg: TrainConfig, run: Run, reporter: Reporter) -> TrainResult:
                 head.save_weights(tmp)
             body, stage_times, finetune_info = finetune(cfg, n_classes, splits, head, reporter)
             times += stage_times
-            probs = {}
+            if finetune_info.get("kept_start"):
+                # No fine-tune epoch beat the head it started from: the run's model is that head on the frozen
+                # backbone (restored in place), with the head's own predictions, exactly as a bottleneck run's.
+                body = None
+                run.bottleneck_head_path.unlink(missing_ok=True)
+            else:
+                probs = {}
     if reporter.should_stop() and not reporter.history:
         raise StopRequested()
 
@@ -78,7 +86,11 @@ def train(cfg: TrainConfig, run: Run, reporter: Reporter) -> TrainResult:
     frames = [predictions_frame(splits[s].paths, splits[s].y, probs[s], ds.classes, s)
               for s in ("val", "test") if len(splits[s])]
     if frames:
-        run.write_predictions(pd.concat(frames))
+        frame = pd.concat(frames)
+        # The photo's identity across runs (a relabel moves and may rename the file): before/after of a retrain
+        # are compared on the same photos by it (core.retraining). Memoised, and the split already read them.
+        frame["content"] = [content_key(Path(p)) for p in frame["path"]]
+        run.write_predictions(frame)
     val_metrics = compute_metrics(splits["val"].y, probs["val"], ds.classes)
     test_metrics = compute_metrics(splits["test"].y, probs["test"], ds.classes) if len(splits["test"]) else None
 
@@ -90,17 +102,15 @@ def train(cfg: TrainConfig, run: Run, reporter: Reporter) -> TrainResult:
     if head is not None:
         with run.writing(Run.HEAD) as tmp:
             head.save_weights(tmp)
-    history = reporter.history
-    best = min(history, key=lambda r: r["val_loss"] if r.get("val_loss") is not None else r["loss"]) \
-        if history else None
+    saved = saved_model_summary(cfg, reporter.history, finetune_info, val_metrics["accuracy"], len(splits["val"]))
     metrics = {
         "mode": cfg.mode, "backbone": None if cfg.mode == "scratch" else cfg.backbone, "classes": ds.classes,
         "input_size": size,
         "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(splits["test"]),
         "n_skipped": len(ds.skipped),
         "val_accuracy": val_metrics["accuracy"], "test_accuracy": test_metrics["accuracy"] if test_metrics else None,
-        "val_loss": best.get("val_loss") if best else None,
-        "best_epoch": best["epoch"] if best else None, "epochs_run": len(history),
+        "val_loss": saved["val_loss"], "best_epoch": saved["epoch"], "saved_model": saved,
+        "epochs_run": len(reporter.history),
         "per_class": val_metrics["per_class"], "confusion": val_metrics["confusion"],
         "test": test_metrics,
         "train_seconds": round(times.train_seconds, 3), "extract_seconds": round(times.extract_seconds, 3),
@@ -111,3 +121,45 @@ def train(cfg: TrainConfig, run: Run, reporter: Reporter) -> TrainResult:
     }
     run.write_metrics(metrics)  # last: a run folder with metrics.json has all its results
     return TrainResult(metrics, model_pending)
+
+
+def _monitored(row: dict) -> float:
+    value = row["val_loss"] if row.get("val_loss") is not None else row["loss"]
+    return value if value is not None and math.isfinite(value) else math.inf
+
+
+def saved_model_summary(cfg: TrainConfig, history: list[dict], finetune_info: dict | None, val_accuracy: float | None,
+                        n_val: int) -> dict:
+    """What metrics.json says about the model the run saved: the stage and epoch it came from, that epoch's
+    validation loss, its validation accuracy (measured on `n_val` photos) and why it was kept.
+
+    Every stage keeps its lowest-validation-loss epoch (training loss without validation photos), except an image
+    model trained without early stopping, which keeps its last. A fine-tune counts its start as epoch 0: when
+    no fine-tune epoch beats it, the model is the bottleneck head's."""
+    stage = "scratch" if cfg.mode == "scratch" else "bottleneck"
+    why = "lowest validation loss" if n_val else "lowest training loss (no validation photos)"
+    if finetune_info is not None:
+        if finetune_info.get("kept_start"):
+            why = (f"no fine-tune epoch beat the starting head's validation loss "
+                   f"({finetune_info.get('start_val_loss')}), so the head was kept")
+        else:
+            stage = "finetune"
+            if finetune_info.get("path") == "full" and not cfg.early_stopping:
+                why = "the last epoch (early stopping off)"
+    rows = [r for r in history if r.get("stage") == stage]
+    kept = None
+    if finetune_info is not None and stage == "finetune" and finetune_info.get("kept_epoch"):
+        kept = next((r for r in rows if r["epoch"] == finetune_info["kept_epoch"]), None)
+    elif rows:
+        last_only = stage != "bottleneck" and not (cfg.early_stopping and len(rows) > 1)
+        kept = rows[-1] if last_only else min(rows, key=_monitored)
+        if last_only:
+            why = "the last epoch (early stopping off)"
+    summary = {"stage": stage, "epoch": kept["epoch"] if kept else None,
+               "val_loss": kept.get("val_loss") if kept else None, "val_accuracy": val_accuracy, "n_val": n_val,
+               "why": why}
+    if kept is None and finetune_info is not None and finetune_info.get("kept_start"):
+        # A fine-tune from another run's head that kept it: the start is all there is to describe.
+        summary |= {"stage": "head from --from run", "epoch": 0, "val_loss": finetune_info.get("start_val_loss")}
+    return summary
+
