@@ -96,29 +96,41 @@ def demo_cache(demo_run, monkeypatch):
     return ws
 
 
+def _demo_split(demo_dataset) -> tuple[int, int, int]:
+    """The app's split of the demo (seed 0): training photos, validation photos, the largest class's training photos."""
+    from collections import Counter
+
+    from core.datasets import scan_dataset
+
+    ds = scan_dataset(demo_dataset)
+    return len(ds.split("train")), len(ds.split("val")), max(Counter(it.label for it in ds.split("train")).values())
+
+
 def test_the_demo_curve_rises_from_one_photo_to_all_without_the_network(demo_cache, demo_dataset):
     result = dataset_curve(demo_dataset, "efficientnet_lite0", CurveSettings(shots=(1, 2, 5, 10, 20), draws=5))
     assert result.n_extracted == 0  # every feature came from the cache
     rows = result.rows
-    assert [r["shots"] for r in rows] == [1, 2, 5, 10, 20, 31]  # the largest class has 31 training photos
-    assert rows[-1]["all"] and rows[-1]["n_train"] == 97
-    assert all(r["n_val"] == 25 and r["draws"] == 5 for r in rows)
+    n_train, n_val, largest = _demo_split(demo_dataset)
+    assert [r["shots"] for r in rows] == [1, 2, 5, 10, 20, largest]  # "all": the largest class's training photos
+    assert rows[-1]["all"] and rows[-1]["n_train"] == n_train
+    assert all(r["n_val"] == n_val and r["draws"] == 5 for r in rows)
     assert rows[0]["n_train"] == 4
     # It rises: one photo per class is clearly worse than all of them, which are nearly perfect on the demo.
     assert rows[0]["mean"] + 0.05 < rows[-1]["mean"]
     assert rows[-1]["mean"] >= 0.9
     assert rows[0]["min"] < rows[0]["max"]  # one photo per class: which photo matters
     enough = enough_shots(rows)
-    assert enough is not None and 1 < enough <= 31
+    assert enough is not None and 1 < enough <= largest
 
 
 def test_the_command_line_prints_the_curve_as_json(demo_cache, demo_dataset, capsys):
     assert main(["curve", str(demo_dataset), "--shots", "1,5", "--draws", "2", "--seed", "1"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["shots"] for r in rows] == [1, 5, 31]
+    _, n_val, largest = _demo_split(demo_dataset)
+    assert [r["shots"] for r in rows] == [1, 5, largest]
     for row in rows:
         assert {"shots", "mean", "min", "max", "n_val"} <= set(row)
-        assert row["n_val"] == 25 and 0 <= row["min"] <= row["mean"] <= row["max"] <= 1
+        assert row["n_val"] == n_val and 0 <= row["min"] <= row["mean"] <= row["max"] <= 1
 
 
 def test_the_command_line_refuses_bad_shots_in_one_line(demo_cache, demo_dataset, capsys):

@@ -65,7 +65,7 @@ def test_a_finished_story_is_told_with_its_numbers_curves_and_photos(story_ws, o
     assert not at.button(key="presenter_start").disabled
 
 
-def test_the_learning_curve_is_drawn_from_the_cache(story_ws, open_app_page):
+def test_the_learning_curve_is_drawn_from_the_cache(story_ws, open_app_page, demo_dataset):
     at = open_app_page(PAGE)
     at.button(key="presenter_curve").click().run()
     assert not at.exception, at.exception
@@ -73,7 +73,10 @@ def test_the_learning_curve_is_drawn_from_the_cache(story_ws, open_app_page):
     assert re.search(r"About \d+ photos per class are enough", text)
     assert "0 photos went through the network" in text
     labels = [m.label for m in at.metric]
-    assert labels[3] == "1 photo per class" and labels[-1] == "all (97 photos)"
+    from core.datasets import scan_dataset
+
+    n_train = len(scan_dataset(demo_dataset).split("train"))
+    assert labels[3] == "1 photo per class" and labels[-1] == f"all ({n_train} photos)"
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     curve = next(c for c in charts if "photos per class" in c["layout"]["title"]["text"])
     mean = curve["data"][-1]
