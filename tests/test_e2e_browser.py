@@ -75,7 +75,6 @@ def output(project_root) -> Path:
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 # Chromium's own test camera (a moving pattern) and an automatic yes to "allow the camera?".
-FAKE_CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +90,6 @@ def page(server, playwright):
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_navigation_timeout(120_000)  # a loaded machine (a page loading TensorFlow) is slow
-    yield context.new_page()
-    browser.close()
-
-
-@pytest.fixture
-def camera_page(server, playwright):
-    """A second Chromium with a fake camera, for the tests that take photos."""
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + FAKE_CAMERA_ARGS)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
-    context.set_default_navigation_timeout(120_000)
     yield context.new_page()
     browser.close()
 
@@ -286,7 +275,8 @@ def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path, p
     wait_idle(page, "Predictions")
     assert_no_exception(page)
     n_train = json.loads((runs[-1] / "metrics.json").read_text())["n_train"]
-    assert f"{n_train} training images" in page.inner_text("body")  # the new run's summary (the first had 97)
+    # The new run's summary (the first run had 3 fewer): the page may still be drawing it after the switch.
+    page.wait_for_function(f"() => document.body.innerText.includes('{n_train} training images')", timeout=120_000)
     page.screenshot(path=str(output / "predictions-after-retrain.png"), full_page=True)
     page.goto(f"{url}/training")
     wait_idle(page, "Training")
@@ -368,96 +358,3 @@ def test_presenter_view_reads_on_a_projector(server, page, demo_story, output):
         page.screenshot(path=str(output / "presenter-curve-full.png"), full_page=True)
     finally:
         page.set_viewport_size({"width": 1400, "height": 1000})
-
-
-def take_photo(page, key: str) -> None:
-    """Click the camera's shutter once its video plays (a click before the first frame captures nothing)."""
-    page.wait_for_function(f"() => (document.querySelector('.st-key-{key} video') || {{}}).readyState >= 2",
-                           timeout=120_000)
-    page.wait_for_timeout(500)
-    page.locator(f".st-key-{key} button:has-text('Take photo')").click(timeout=60_000)
-
-
-def test_camera_shots_try_it_heatmaps_and_the_photo_map(server, camera_page, demo_run, output):
-    """Issue 13 in the browser: two camera shots into a class of a new dataset; a camera shot and a dropped
-    photo tried where a run finished, with heatmaps; heatmaps in the Predictions grid; the photo map."""
-    url, ws = server
-    page = camera_page
-    run_dir = ws / "runs" / f"zz-cam-{demo_run.name}"
-    shutil.copytree(demo_run, run_dir)
-
-    # Two shots in a row into a class of an editable dataset.
-    page.goto(f"{url}/dataset")
-    wait_idle(page, "Dataset")
-    page.get_by_text("Bring your own photos").click(timeout=120_000)  # closed while the demo is the dataset
-    page.locator(".st-key-ds_new_name input").fill("camshots")
-    page.locator(".st-key-ds_new_name input").press("Enter")
-    wait_idle(page, "Dataset")
-    page.get_by_role("button", name="Create dataset").click()
-    wait_idle(page, "Dataset")
-    page.locator(".st-key-ds_new_class input").fill("mugs")
-    page.locator(".st-key-ds_new_class input").press("Enter")
-    wait_idle(page, "Dataset")
-    page.get_by_role("button", name="Add class").click()
-    page.wait_for_selector("text=Added the class", timeout=60_000)
-    wait_idle(page, "Dataset")
-    page.get_by_text("Take photos with the camera").click(timeout=120_000)
-    for n in (1, 2):
-        take_photo(page, f"ds_camera_{n - 1}")
-        try:
-            page.wait_for_selector(f"text=Saved shot {n} into", timeout=60_000)
-        except Exception:  # on a loaded machine a click can land while the camera remounts: press it once more
-            take_photo(page, f"ds_camera_{n - 1}")
-            page.wait_for_selector(f"text=Saved shot {n} into", timeout=120_000)
-        wait_idle(page, "Dataset")
-    assert_no_exception(page)
-    page.get_by_text("Take photos with the camera").scroll_into_view_if_needed()
-    page.screenshot(path=str(output / "camera-shots.png"))
-    shots = sorted((ws / "datasets" / "camshots" / "mugs").glob("camera-*.jpg"))
-    assert len(shots) == 2 and shots[0].read_bytes() != shots[1].read_bytes()
-
-    # Try it where the run finished: a dropped photo and a camera shot, each with its heatmap and class bars.
-    page.goto(f"{url}/training")
-    wait_idle(page, "Training")
-    page.wait_for_selector("text=Try it now", timeout=60_000)
-    photo = sorted((Path(__file__).parent.parent / "data" / "demo" / "tools").glob("*.jpg"))[0]
-    page.locator(".st-key-train_try_files input[type=file]").set_input_files(str(photo))
-    page.wait_for_selector("text=Where it looked for", timeout=180_000)
-    wait_idle(page, "Training")
-    assert_no_exception(page)
-    page.get_by_text("Where it looked for").scroll_into_view_if_needed()
-    page.screenshot(path=str(output / "try-it-heatmap.png"))
-    page.locator(".st-key-train_try_source button:has-text('Camera')").click()
-    take_photo(page, "train_try_camera")
-    page.wait_for_selector("text=camera shot", timeout=180_000)
-    wait_idle(page, "Training")
-    card = page.locator("[class*='st-key-train_try_card_']").first
-    assert "%" in card.inner_text()  # the shot's answer and class bars
-    assert_no_exception(page)
-
-    # Heatmaps over the Predictions grid.
-    page.goto(f"{url}/predictions")
-    wait_idle(page, "Predictions")
-    page.locator(".st-key-pred_heat label").click()
-    page.wait_for_selector("text=Computing", state="detached", timeout=180_000)
-    wait_idle(page, "Predictions")
-    assert_no_exception(page)
-    page.locator("text=Photos and what the model said").scroll_into_view_if_needed()
-    page.screenshot(path=str(output / "predictions-heatmaps.png"))
-
-    # The photo map of the demo (a new session starts on it): its doubtful photos appear below it.
-    fresh = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})
-    fresh.set_default_navigation_timeout(120_000)
-    page = fresh.new_page()
-    page.goto(f"{url}/map")
-    wait_idle(page, "Photo map")
-    plot = page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first
-    plot.wait_for(timeout=180_000)
-    # (A lasso drawn with the mouse did not reach Streamlit's selection here; the kind buttons are the same path.)
-    page.locator(".st-key-map_show button:has-text('Doubtful labels')").click(timeout=60_000)
-    wait_idle(page, "Photo map")
-    assert_no_exception(page)
-    assert page.get_by_role("button", name="Move").count() == 0  # the demo is read-only: no relabel button
-    assert "read-only" in page.inner_text("body")
-    assert page.locator("[data-testid='stImage']").count() >= 1  # the doubtful photos, under the map
-    page.screenshot(path=str(output / "photo-map.png"))
