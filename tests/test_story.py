@@ -62,14 +62,15 @@ def test_the_recipe_on_the_demo_leaves_three_done_linked_runs(story_ws, demo_dat
                                                        - rows["scratch"]["val_accuracy"])
     finetune = story.runs["finetune"]
     assert finetune.config().from_run == str(story.runs["bottleneck"].path)
-    assert finetune.was_finetuned()  # it started from the bottleneck head and changed the network
+    # It started from the bottleneck head: it changed the network, or no epoch beat that head and it kept it.
+    assert finetune.was_finetuned() != finetune.metrics()["finetune"]["kept_start"]
     assert finetune.history()["stage"].tolist() == ["finetune"]  # 1 epoch
     assert story.runs["scratch"].history()["stage"].tolist() == ["scratch", "scratch"]  # 2 epochs
     for _, run in story.ordered():
         assert run.has_model()
     # The photos the bottleneck gets right that scratch got wrong: as many as the accuracy gained, and more.
     change = changed_photos(story.runs["scratch"], story.runs["bottleneck"])
-    assert len(change["fixed"]) - len(change["broken"]) == round(rows["bottleneck"]["gain"] * 25)
+    assert len(change["fixed"]) - len(change["broken"]) == round(rows["bottleneck"]["gain"] * n_val)
     assert len(change["fixed"]) > 0
     fixed = change["fixed"].iloc[0]
     assert fixed["label"] == fixed["after"] != fixed["before"]
