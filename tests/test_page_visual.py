@@ -6,7 +6,13 @@ import pandas as pd
 
 from core import explain
 
-WRONG, RIGHT = ":red[:material/cancel:]", ":green[:material/check_circle:]"
+WRONG, RIGHT = "✗", "✓"  # how a card's verdict line starts (ui.layout.name_line: HTML)
+
+
+def _verdicts(at) -> list[str]:
+    """The grid's cards, in order: ✗ for a wrong answer, ✓ for a right one."""
+    bodies = [element.proto.body for element in at.get("html")]
+    return [body.split("<b>", 1)[1][0] for body in bodies if "<b>✓ " in body or "<b>✗ " in body]
 
 
 def _captions(at) -> list[str]:
@@ -49,11 +55,11 @@ def test_grid_heatmaps_show_the_wrong_predictions_first(run_copy, open_app_page)
     frame.loc[flipped, "correct"] = False
     frame.to_csv(run_copy / "predictions.csv", index=False)
     at = open_app_page("pages/5_predictions.py")
-    marks = [m.value.split(" ", 1)[0] for m in at.markdown if m.value.startswith((WRONG, RIGHT))]
+    marks = _verdicts(at)
     assert marks[:2] == [RIGHT, RIGHT]  # without heatmaps: the chosen order only (least sure first)
     at.toggle(key="pred_heat").set_value(True).run()
     assert not at.exception, at.exception
-    marks = [m.value.split(" ", 1)[0] for m in at.markdown if m.value.startswith((WRONG, RIGHT))]
+    marks = _verdicts(at)
     assert marks[:2] == [WRONG, WRONG] and set(marks[2:]) == {RIGHT}
     # The page's photos were explained by the run's own model (the heatmap cache holds them).
     model = str(run_copy / "model.keras")
