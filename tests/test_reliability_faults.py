@@ -197,7 +197,9 @@ def test_full_disk_for_the_cache_goes_on_uncached_and_for_the_model_fails_clearl
     assert run.has_model() and cache_entries(workspace) == []
     assert_cache_sound(workspace)
     err = capfd.readouterr().err
-    assert err.count("cannot be written (No space left on device)") == 1  # said once, not once per image
+    # Said once per pass through the extractor (the run's, and its cross-validation's after the results), never
+    # once per image (24 here).
+    assert 1 <= err.count("cannot be written (No space left on device)") <= 2
 
     second = create_run(TrainConfig(data=str(tiny_dataset), mode="bottleneck", epochs=2))
     monkeypatch.setattr(fsutil, "atomic_path", _full_disk_for(real, lambda t: t == second.file("model.keras")))
