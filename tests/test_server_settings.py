@@ -126,7 +126,7 @@ def test_path_traversal_never_returns_system_files(server, path):
     assert status != 200 or b"root:" not in body, (path, status, body[:200])
 
 
-PROJECT_FILES = ["app.py", "core/runs.py", ".streamlit/config.toml", "data/demo/CREDITS.md", "tests/conftest.py",
+PROJECT_FILES = ["app.py", "core/runs/folder.py", ".streamlit/config.toml", "data/demo/CREDITS.md", "tests/conftest.py",
                  "README.md", "requirements.txt"]
 
 
