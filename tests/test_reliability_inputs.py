@@ -500,7 +500,11 @@ def test_five_thousand_tiny_images_scan_and_split(tmp_path):
     print(f"5,000 images: made in {made:.1f} s, scanned in {cold:.2f} s (cold), {warm:.2f} s (memoised checks)")
     assert len(ds.items) == 5000 and not ds.skipped and ds.items == again.items
     counts = ds.counts()
-    assert (counts["val"] == 100).all() and (counts["test"] == 50).all() and (counts["train"] == 350).all()
+    # Each photo's split is a hash of its content and the seed (stable under edits), so a class's shares drift a
+    # little from those asked (binomial: ±9 validation photos of 500 is one standard deviation).
+    assert ((counts["val"] - 100).abs() <= 30).all() and ((counts["test"] - 50).abs() <= 25).all()
+    assert (counts[["train", "val", "test"]].sum(axis=1) == 500).all()
+    assert abs(counts["val"].sum() / 5000 - 0.2) < 0.02 and abs(counts["test"].sum() / 5000 - 0.1) < 0.02
     assert len({it.path for it in ds.items}) == 5000
 
 
