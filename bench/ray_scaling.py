@@ -38,14 +38,16 @@ def _use_workspace(path: Path) -> None:
 def measure_runs(address: str, data: Path, n_runs: int, epochs: int, cpus_per_run: int, scratch: Path) -> dict:
     """n_runs scratch trainings submitted at once; capacity = 2 CPUs / cpus_per_run workers."""
     from core.config import TrainConfig
-    from core.engine.ray_executor import RayExecutor
+    from core.engine.ray_executor import RayExecutor, connect
     from core.runs import create_run
 
     os.environ["FEWSHOT_RAY_CPUS_PER_RUN"] = str(cpus_per_run)
     _use_workspace(scratch / f"ws-runs-{cpus_per_run}")
     executor = RayExecutor(address)
     config = TrainConfig(data=str(data), mode="scratch", epochs=epochs, batch_size=16, early_stopping=False)
-    executor.dispatcher()  # started (and its first worker warm) before the clock: the steady state of a class
+    # Connected for the whole measurement; the dispatcher (and its first worker) warm before the clock starts:
+    # the steady state of a classroom.
+    executor.dispatcher(connect(address))
     start = time.time()
     runs = [executor.submit(create_run(config, name=f"bench {i}")) for i in range(n_runs)]
     while any(r.status().busy for r in runs):

@@ -25,6 +25,8 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,23 @@ def connect(address: str) -> Any:
     return ray
 
 
+_driver_lock = threading.Lock()
+
+
+@contextmanager
+def driver_connection(address: str) -> Iterator[Any]:
+    """Ray, connected as a driver for one errand and disconnected after it. A process that stays connected is ended
+    by Ray (exit status 1, about a minute later) when its cluster goes away: the app's server must not be."""
+    with _driver_lock:  # two sessions submitting at once share one connection, never shut it under each other
+        joined_before = import_ray(address).is_initialized()  # the caller's own connection (a benchmark): kept
+        ray = connect(address)
+        try:
+            yield ray
+        finally:
+            if not joined_before:
+                ray.shutdown()
+
+
 def dispatcher_name(workspace: Path | None = None) -> str:
     root = str(workspace or workspace_root())
     return f"dispatcher-{hashlib.sha1(root.encode()).hexdigest()[:12]}"
@@ -113,9 +132,8 @@ class RayExecutor:
     def __init__(self, address: str) -> None:
         self.address = address
 
-    def dispatcher(self) -> Any:
+    def dispatcher(self, ray: Any) -> Any:
         """This workspace's dispatcher, started on the cluster if it is not running (detached: it outlives us)."""
-        ray = connect(self.address)
         workspace = workspace_root()
         handle = ray.remote(_Dispatcher).options(
             name=dispatcher_name(workspace), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
@@ -126,7 +144,8 @@ class RayExecutor:
     def submit(self, run: Run) -> Run:
         run.update_status(executor=self.kind, message=f"waiting for a Ray worker ({self.address})")
         queue.enqueue(run, ray_queue_dir())
-        self.dispatcher()
+        with driver_connection(self.address) as ray:
+            self.dispatcher(ray)
         return run
 
     def describe(self) -> ExecutorView:
@@ -143,11 +162,11 @@ class RayExecutor:
 
     def shutdown(self) -> None:
         """End this workspace's dispatcher and its workers (a running run fails; tests and `ray stop` do this)."""
-        ray = connect(self.address)
-        try:
-            ray.kill(ray.get_actor(dispatcher_name(), namespace=NAMESPACE))
-        except ValueError:
-            pass
+        with driver_connection(self.address) as ray:
+            try:
+                ray.kill(ray.get_actor(dispatcher_name(), namespace=NAMESPACE))
+            except ValueError:
+                pass
 
 
 # ------------------------------------------------------------------------------------------ on the cluster

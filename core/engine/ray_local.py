@@ -46,8 +46,18 @@ def cluster_pids(temp_dir: str) -> list[int]:
     return sorted(found - {os.getpid()})
 
 
+def disconnect_driver() -> None:
+    """Leave the cluster if this process joined it as a driver. A driver whose cluster is gone exits its whole
+    process with status 1 about a minute later (Ray's GCS reconnect timeout): a test process would end mid-run."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def stop_cluster(temp_dir: str) -> None:
-    """End the cluster's processes (SIGTERM, then SIGKILL: gcs_server ignores SIGTERM) and remove its folder."""
+    """End the cluster's processes (SIGTERM, then SIGKILL: gcs_server ignores SIGTERM) and remove its folder.
+    This process leaves the cluster first (see disconnect_driver)."""
+    disconnect_driver()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in cluster_pids(temp_dir):
             try:
