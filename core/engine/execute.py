@@ -93,11 +93,11 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
                           message="finished" if state == "done" else "stopped; the best model so far was saved",
                           val_accuracy=result.metrics.get("val_accuracy"),
                           model_file="writing" if result.model_pending else "ready")
-        follow_up = functools.partial(_after_results, run, result.model_pending, verify_export)
-        if defer is not None:
-            defer(follow_up)
-        else:
-            follow_up()
+        for step in _after_results(run, result.model_pending, verify_export):
+            if defer is not None:
+                defer(step)  # one at a time: the worker looks at its queue between them
+            else:
+                step()
         return run.status()
     except (StopRequested, _StoppedWhileQueued):
         return run.update_status(state="stopped", phase="stopped", finished_at=time.time(),
@@ -119,20 +119,24 @@ def _log_traceback(run: Run) -> None:
         pass
 
 
-def _after_results(run: Run, model_pending: bool, verify) -> None:
-    if model_pending:
-        write_run_model(run)
-    _verify(run, verify)
-    _cross_validate(run)
+def _after_results(run: Run, model_pending: bool, verify) -> list[Callable[[], None]]:
+    """What follows the results, in order: the model file (needed to predict new photos and to download), then the
+    bonus work, which gives way to a waiting run (core.give_way): the cross-validation first (it gives way between
+    folds, ~1 s each), the export check last (reloading model.keras, ~3 s, cannot be cut short)."""
+    steps = [functools.partial(write_run_model, run)] if model_pending else []
+    return steps + [functools.partial(_cross_validate, run), functools.partial(_verify, run, verify)]
 
 
 def _cross_validate(run: Run) -> None:
     """Small datasets' cross-validated accuracy (seconds, features from the cache): a bonus like the export
     check, after the results, so it never delays them; its failure is reported, never fails the run."""
+    from core.give_way import GaveWay
     from core.training.crossval import cross_validate_run
 
     try:
         cross_validate_run(run)
+    except GaveWay:
+        raise
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         run.update_metrics(cross_validation={"error": friendly_error(exc)})
@@ -157,11 +161,15 @@ def write_run_model(run: Run) -> RunStatus:
 
 def _verify(run: Run, verify) -> None:
     """The export check is a bonus: its failure is reported in metrics.json, never turns a done run failed."""
+    from core.give_way import GaveWay
+
     try:
         check = verify(run)
         if check and check["same_top1"] is not None and check["same_top1"] < 1.0:
             print(f"warning: the saved model disagrees with the app on {1 - check['same_top1']:.0%} of the "
                   f"validation images", file=sys.stderr)
+    except GaveWay:
+        raise
     except Exception as exc:
         run.update_metrics(export_check={"error": friendly_error(exc)})
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from core import fsutil
 from core.engine import queue
 from core.errors import FewShotError
+from core.give_way import GaveWay, giving_way_when
 from core.runs import Run, process_alive, process_start_time
 from core.workspace import PROJECT_ROOT, engine_dir
 
@@ -224,7 +225,7 @@ class _Worker:
             gc.collect()
             idle_since = time.time()
         while self.deferred:  # exiting: finish what finished runs still owe (their model files)
-            self._run_deferred()
+            self._run_deferred(give_way=False)
         return 0
 
     def _prepare_fast_extractor(self, run: Run) -> None:
@@ -241,10 +242,16 @@ class _Worker:
         except Exception:  # an unreadable config or an unknown backbone: the run already said why
             pass
 
-    def _run_deferred(self) -> None:
+    def _run_deferred(self, give_way: bool = True) -> None:
+        """The oldest deferred job; bonus work in it gives way to a run that is waiting (and is done again later,
+        from its start), unless `give_way` is False (the worker is exiting: nothing will wait)."""
         job = self.deferred.popleft()
+        run_waiting = (lambda: bool(queue.entries(queue.queue_dir()))) if give_way else (lambda: False)
         try:
-            job()
+            with giving_way_when(run_waiting):
+                job()
+        except GaveWay:
+            self.deferred.appendleft(job)
         except Exception:  # each job records its own failure in its run folder; the worker goes on
             traceback.print_exc()
 

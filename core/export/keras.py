@@ -13,6 +13,7 @@ import numpy as np
 
 from core import fsutil, images
 from core.export.base import ExportError, input_size
+from core.give_way import give_way_if_asked
 from core.tfenv import keras, tf
 
 
@@ -78,6 +79,7 @@ def check_export(model_path: Path, paths: Sequence[Path], expected: np.ndarray) 
     Reported in metrics.json; a disagreement here is the bug users of other tools find only after deploying.
     """
     model = load_model(model_path)
+    give_way_if_asked()  # in the warm worker: a run waiting for it goes first (the check is repeated later)
     got, _ = predict_files(model, paths)
     ok = ~np.isnan(got).any(axis=1)
     diff = np.abs(got[ok] - expected[ok])

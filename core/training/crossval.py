@@ -19,6 +19,7 @@ import numpy as np
 from core.config import TrainConfig
 from core.evaluate import two_column
 from core.features import extract_features
+from core.give_way import give_way_if_asked
 from core.models import build_head
 from core.runs import Run
 from core.tfenv import keras
@@ -69,6 +70,7 @@ def cross_validate_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: Train
     probs = np.zeros((len(y), max(n_classes, 2)))
     accs, sizes = [], []
     for fold in range(k):
+        give_way_if_asked()  # a fold is about a second: a waiting run starts within one
         held, kept = folds == fold, folds != fold
         keras.utils.set_random_seed(cfg.seed + fold)
         head = build_head(x.shape[1], n_classes, cfg.dense_units, cfg.dropout)

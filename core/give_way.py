@@ -1,0 +1,32 @@
+"""Bonus work gives way to a run that is waiting.
+
+After a run's results are on disk, the warm worker still owes it an export check (reload model.keras, predict
+again: ~5 s on the demo) and a cross-validation (k heads: ~5 s). A user who fixes labels and clicks Retrain in
+that window must not wait for them. The worker runs such work inside `giving_way_when(a run is queued)`; the work
+calls `give_way_if_asked()` between its steps, which raises `GaveWay`, and the worker does it again later from the
+start. Outside the worker (the command line, tests) nothing ever asks, and the work runs straight through."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+_asked: Callable[[], bool] = lambda: False  # noqa: E731
+
+
+class GaveWay(Exception):
+    """Raised inside bonus work when a run is waiting; the work is repeated later, from its start."""
+
+
+def give_way_if_asked() -> None:
+    if _asked():
+        raise GaveWay()
+
+
+@contextlib.contextmanager
+def giving_way_when(asked: Callable[[], bool]) -> Iterator[None]:
+    global _asked
+    previous, _asked = _asked, asked
+    try:
+        yield
+    finally:
+        _asked = previous
