@@ -75,9 +75,8 @@ def demo_run(tmp_path_factory) -> Path:
     """A finished bottleneck run on the built-in demo dataset (real EfficientNet-Lite0), made once per session
     in its own workspace. Tests must not modify it."""
     ws = tmp_path_factory.mktemp("demo_ws")
-    old = os.environ.get("FEWSHOT_WORKSPACE")
-    os.environ["FEWSHOT_WORKSPACE"] = str(ws)
-    try:
+    with pytest.MonkeyPatch.context() as env:  # a session fixture: undone when the block ends
+        env.setenv("FEWSHOT_WORKSPACE", str(ws))
         from core.config import TrainConfig
         from core.engine import execute_run
         from core.runs import create_run
@@ -85,11 +84,6 @@ def demo_run(tmp_path_factory) -> Path:
         run = create_run(TrainConfig(data=str(DEMO), mode="bottleneck", epochs=15), ws / "runs" / "demo-run")
         status = execute_run(run)
         assert status.state == "done", status
-    finally:
-        if old is None:
-            os.environ.pop("FEWSHOT_WORKSPACE", None)
-        else:
-            os.environ["FEWSHOT_WORKSPACE"] = old
     return run.path
 
 
@@ -99,9 +93,8 @@ def demo_story(tmp_path_factory) -> Path:
     row for a warm worker like the presenter page does, made once per session in its own workspace (returned).
     Tests must not modify it."""
     ws = tmp_path_factory.mktemp("story_ws")
-    old = os.environ.get("FEWSHOT_WORKSPACE")
-    os.environ["FEWSHOT_WORKSPACE"] = str(ws)
-    try:
+    with pytest.MonkeyPatch.context() as env:  # a session fixture: undone when the block ends
+        env.setenv("FEWSHOT_WORKSPACE", str(ws))
         from core.config import TrainConfig
         from core.engine.worker import stop_worker
         from core.story import StorySettings, start_story
@@ -114,11 +107,6 @@ def demo_story(tmp_path_factory) -> Path:
         finally:
             stop_worker(ws / "engine", timeout=60)
         assert set(story.states().values()) == {"done"}, {s: r.status() for s, r in story.ordered()}
-    finally:
-        if old is None:
-            os.environ.pop("FEWSHOT_WORKSPACE", None)
-        else:
-            os.environ["FEWSHOT_WORKSPACE"] = old
     return ws
 
 

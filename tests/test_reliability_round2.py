@@ -297,16 +297,10 @@ def trained_scratch_run(tmp_path_factory) -> Path:
         for i in range(8):
             (data / name).mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (32, 32), tuple(min(255, v + 3 * i) for v in color)).save(data / name / f"{i}.png")
-    old = os.environ.get("FEWSHOT_WORKSPACE")
-    os.environ["FEWSHOT_WORKSPACE"] = str(ws)
-    try:
+    with pytest.MonkeyPatch.context() as env:  # a session fixture: undone when the block ends
+        env.setenv("FEWSHOT_WORKSPACE", str(ws))
         run = create_run(TrainConfig(data=str(data), mode="scratch", epochs=2, seed=1), ws / "runs" / "scratch")
         assert execute_run(run).state == "done"
-    finally:
-        if old is None:
-            os.environ.pop("FEWSHOT_WORKSPACE", None)
-        else:
-            os.environ["FEWSHOT_WORKSPACE"] = old
     return run.path
 
 
