@@ -62,9 +62,8 @@ def web_run(tmp_path_factory, project_root) -> tuple[Run, subprocess.CompletedPr
             _photo(data / name / f"{kind}_{i}.{'jpg' if fmt == 'JPEG' else 'png'}", color, size, fmt, 100 * c + i)
     env = dict(os.environ, FEWSHOT_WORKSPACE=str(root / "ws"), TF_CPP_MIN_LOG_LEVEL="3")
     run_dir = root / "ws" / "runs" / "tiny"
-    old = os.environ.get("FEWSHOT_WORKSPACE")
-    os.environ["FEWSHOT_WORKSPACE"] = env["FEWSHOT_WORKSPACE"]
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # a module fixture: undone when the block ends
+        patch.setenv("FEWSHOT_WORKSPACE", env["FEWSHOT_WORKSPACE"])
         from core.config import TrainConfig
         from core.engine import execute_run
         from core.runs import create_run
@@ -72,11 +71,6 @@ def web_run(tmp_path_factory, project_root) -> tuple[Run, subprocess.CompletedPr
         run = create_run(TrainConfig(data=str(data), mode="scratch", epochs=1, batch_size=8, val_split=0.4),
                          run_dir)
         assert execute_run(run).state == "done"
-    finally:
-        if old is None:
-            os.environ.pop("FEWSHOT_WORKSPACE", None)
-        else:
-            os.environ["FEWSHOT_WORKSPACE"] = old
     result = subprocess.run([sys.executable, "-m", "core", "export", str(run_dir), "--format", "web"],
                             capture_output=True, text=True, cwd=project_root, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
