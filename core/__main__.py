@@ -3,7 +3,8 @@
     python -m core train DATA --mode bottleneck --out RUN_DIR
     python -m core predict RUN_DIR PATH...        → CSV: path,label,confidence
     python -m core evaluate RUN_DIR DATA          → JSON: accuracy, per_class, confusion, classes
-    python -m core export RUN_DIR [--format F]    → RUN_DIR/model.tflite (F: tflite, tflite-int8, onnx), + its check
+    python -m core export RUN_DIR [--format F]    → RUN_DIR/model.tflite (F: tflite, tflite-int8, onnx, web), + its
+                                                  check (web: RUN_DIR/model.html, a page that runs it offline)
     python -m core export RUN_DIR --model-file    → RUN_DIR/model.keras written again from the trained head
     python -m core submit DATA [train options] --out RUN_DIR   queue it on the configured executor; returns at once
     python -m core wait RUN_DIR...                → one JSON line per run: state, started_at, finished_at, node
@@ -100,9 +101,9 @@ def _add_commands(sub) -> None:
 
     from core.export.formats import FORMATS
 
-    export = sub.add_parser("export", help="convert the run's model (TFLite, int8 TFLite, ONNX) and check the file "
-                                           "on the validation photos (or, with --model-file, write model.keras "
-                                           "again)")
+    export = sub.add_parser("export", help="convert the run's model (TFLite, int8 TFLite, ONNX, a web page) and "
+                                           "check the file on the validation photos (or, with --model-file, write "
+                                           "model.keras again)")
     export.add_argument("run", metavar="RUN_DIR")
     export.add_argument("--format", choices=list(FORMATS), default="tflite",
                         help="; ".join(f"{f.name}: RUN_DIR/{f.file}" for f in FORMATS.values()))
@@ -318,7 +319,8 @@ def export_summary(check: dict) -> str:
     size = f"{check['size_bytes'] / 1e6:.1f} MB (model.keras {check['keras_size_bytes'] / 1e6:.1f} MB)"
     if not check.get("n_images"):
         return f"{check['file']}: {size}; not checked (the run has no validation photos)"
-    return (f"{check['file']}: {size}; on {check['n_images']} validation photos: same answer as the app on "
+    how = " (its ONNX model, run by ONNX Runtime in Python)" if check.get("checked_with") == "onnxruntime" else ""
+    return (f"{check['file']}: {size}; on {check['n_images']} validation photos{how}: same answer as the app on "
             f"{check['same_top1']:.1%}, largest probability difference {check['max_abs_diff']:.2e}, accuracy "
             f"{check['accuracy']:.1%} (app {check['app_accuracy']:.1%})")
 

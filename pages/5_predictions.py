@@ -342,9 +342,11 @@ if model_path.exists():  # else the notice above says why it is not there (yet)
             if conversion_is_current(run, fmt.file):
                 path = run.file(fmt.file)
                 st.download_button(fmt.file, functools.partial(path.read_bytes), file_name=f"{stem}-{fmt.file}",
-                                   mime="application/octet-stream", key=f"pred_dl_{key}",
+                                   mime=fmt.mime, key=f"pred_dl_{key}",
                                    icon=":material/download:", on_click="ignore",
                                    help=f"Input: {input_text(fmt, size)}.")
+                if fmt.usage:
+                    st.caption(fmt.usage)
             elif st.button(f"Make {fmt.file}", key=f"pred_make_{key}", icon=":material/build:",
                            help="Converts model.keras, then re-runs the file on the validation photos to check it "
                                 "(up to a minute or two)."):
@@ -360,7 +362,8 @@ if model_path.exists():  # else the notice above says why it is not there (yet)
             if conversion_is_current(run, fmt.file):
                 kind, sentence = conversion_check_sentence(checks.get(fmt.name))
                 getattr(st, kind)(sentence)
-                with st.expander("How to use it"):
-                    st.caption(f"Input: {input_text(fmt, size)}. Output: one probability per class, in the "
-                               f"order of labels.json.")
-                    st.code(snippet(fmt, size), language=fmt.language)
+                if fmt.snippet:  # the web page needs no code: its one line is under its download
+                    with st.expander("How to use it"):
+                        st.caption(f"Input: {input_text(fmt, size)}. Output: one probability per class, in the "
+                                   f"order of labels.json.")
+                        st.code(snippet(fmt, size), language=fmt.language)

@@ -7,6 +7,7 @@ The project root is on sys.path through pyproject.toml (`pythonpath`), so tests 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,6 +145,37 @@ def run_copy(demo_run, tmp_path, monkeypatch) -> Path:
     shutil.copytree(demo_run, ws / "runs" / demo_run.name)
     monkeypatch.setenv("FEWSHOT_WORKSPACE", str(ws))
     return ws / "runs" / demo_run.name
+
+
+# ------------------------------------------------------------------------------------------ a real browser
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Debian's Chromium, which the browser tests drive (Playwright's own browser download needs internet)."""
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail("Chromium is missing: scripts/test.sh installs it (apt-get install chromium chromium-driver).")
+    return path
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:  # one per module: the sync API cannot run two at once in a thread
+        yield p
+
+
+@pytest.fixture(scope="module")
+def chromium(playwright, chromium_path):
+    """Headless Chromium under Playwright, one per test module (`chromium.new_context(...)` per use)."""
+    browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
 
 
 # ------------------------------------------------------------------------------------- helpers as fixtures

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGES = {"dataset": "Dataset", "label": "Label", "map": "Photo map", "augmentation": "Augmentation preview",
          "training": "Training", "predictions": "Predictions", "runs": "Runs", "presenter": "Presenter"}
 
@@ -30,9 +29,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, project_root):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: scripts/test.sh installs it (apt-get install chromium chromium-driver).")
+def server(tmp_path_factory, project_root, chromium_path):
     ws = tmp_path_factory.mktemp("e2e_ws")
     port = free_port()
     env = dict(os.environ, FEWSHOT_WORKSPACE=str(ws), TF_CPP_MIN_LOG_LEVEL="3", FEWSHOT_EAGER_WORKER="1")
@@ -72,30 +69,16 @@ def output(project_root) -> Path:
     return folder
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
-# Chromium's own test camera (a moving pattern) and an automatic yes to "allow the camera?".
-
-
 @pytest.fixture(scope="module")
-def playwright():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:  # one per module: the sync API cannot run two at once in a thread
-        yield p
-
-
-@pytest.fixture(scope="module")
-def page(server, playwright):
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def page(server, chromium):
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_navigation_timeout(120_000)  # a loaded machine (a page loading TensorFlow) is slow
     new = context.new_page()
     new.console_lines = []  # what the page's scripts said: kept with a failing test's screenshot
     new.on("console", lambda msg: new.console_lines.append(f"{msg.type}: {msg.text}"))
     new.on("pageerror", lambda exc: new.console_lines.append(f"pageerror: {exc}"))
     yield new
-    browser.close()
+    context.close()
 
 
 def wait_idle(page, title: str | None = None, timeout: float = 120_000) -> None:

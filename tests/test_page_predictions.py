@@ -215,6 +215,24 @@ def test_each_conversion_is_offered_with_its_check_and_a_snippet(run_copy, predi
     assert any("model-int8.tflite" in c and "np.uint8" in c for c in codes)
 
 
+def test_the_web_page_is_offered_with_how_to_open_it(run_copy, predictions_page):
+    """Issue 13.5: the web page (model.html) has a Make button, then its download with one line on how to use it
+    (open it in a browser) and its check, which says what was run. (The real export, and the page in Chromium:
+    tests/test_export_web.py.)"""
+    at = predictions_page()
+    assert at.button(key="pred_make_web") and "pred_dl_web" not in {b.key for b in at.get("download_button")}
+    (run_copy / Run.WEB).write_text("<!DOCTYPE html><title>stand-in</title>")
+    Run(run_copy).record_export("web", {
+        "format": "web", "file": Run.WEB, "size_bytes": 23_200_000, "keras_size_bytes": 15_500_000, "n_images": 23,
+        "max_abs_diff": 9.3e-7, "same_top1": 1.0, "accuracy": 1.0, "app_accuracy": 1.0,
+        "runtime": "onnxruntime-web 1.30.0", "checked_with": "onnxruntime"})
+    at.run()
+    assert "pred_dl_web" in {b.key for b in at.get("download_button")}
+    assert any("any browser" in c.value and "offline" in c.value for c in at.caption)
+    assert any("23.2 MB" in s.value and "the ONNX model inside the page, run by ONNX Runtime" in s.value
+               for s in at.success)
+
+
 def test_fix_a_photo_from_a_confusion_cell_then_retrain(run_copy, demo_run, demo_dataset, predictions_page):
     """Issue 4.3: a confusion cell's photo is relabelled right in the grid, then Retrain reuses cached features."""
     import json

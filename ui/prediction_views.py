@@ -133,7 +133,9 @@ def conversion_check_sentence(check: dict | None) -> tuple[str, str]:
         return "info", f"{size}. Not checked: this run has no validation photos."
     n, same, diff = check["n_images"], check["same_top1"], check["max_abs_diff"]
     acc, app = check["accuracy"], check["app_accuracy"]
-    words = (f"{size}. Checked on {n} validation photos: the same answer as the app on {same:.0%} of them, "
+    how = " (the ONNX model inside the page, run by ONNX Runtime)" if check.get("checked_with") == "onnxruntime" \
+        else ""
+    words = (f"{size}. Checked on {n} validation photos{how}: the same answer as the app on {same:.0%} of them, "
              f"probabilities differ by up to {diff:.1e}; accuracy {acc:.1%} (the app: {app:.1%}).")
     if same == 1.0:
         return "success", words

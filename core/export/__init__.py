@@ -16,6 +16,7 @@ _WHERE = {
     "check_export": "keras", "load_model": "keras", "predict_files": "keras", "save_model": "keras",
     "export_tflite": "tflite", "export_tflite_int8": "tflite",
     "export_onnx": "onnx",
+    "export_web": "web",
     "export_format": "check",
 }
 __all__ = sorted(_WHERE)

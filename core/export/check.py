@@ -4,6 +4,7 @@ what the app predicted there (the run's recorded probabilities, which model.kera
 The result, recorded in the run's exports.json and shown next to the download: the file's size, the largest
 difference in any probability, the share of photos where it gives the same answer (top-1), and its accuracy on
 the validation photos beside the app's. For the int8 file that accuracy difference is what quantisation costs.
+The web page is checked as ONNX: the model inside it, under ONNX Runtime in Python (`checked_with`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ MAX_CHECK_IMAGES = 200
 
 
 def _convert(run: Run, name: str, out: Path) -> None:
-    from core.export import onnx, tflite
+    from core.export import onnx, tflite, web
 
     if name == "tflite":
         tflite.export_tflite(run.model_path, out)
@@ -29,14 +30,18 @@ def _convert(run: Run, name: str, out: Path) -> None:
         tflite.export_tflite_int8(run.model_path, out, run.split_paths("train"))
     elif name == "onnx":
         onnx.export_onnx(run.model_path, out)
+    elif name == "web":
+        web.export_web(run, out)
     else:
         raise ExportError(f"unknown export format {name!r} (known: {', '.join(FORMATS)}).")
 
 
 def _predictor(name: str) -> Callable[[Path, np.ndarray], np.ndarray]:
-    from core.export import onnx, tflite
+    from core.export import onnx, tflite, web
 
-    return onnx.predict_onnx if name == "onnx" else tflite.predict_tflite
+    # The page runs the ONNX model inside it: that model is checked, with ONNX Runtime in Python (the page
+    # itself, in a real browser: tests/test_export_web.py).
+    return {"onnx": onnx.predict_onnx, "web": web.predict_web}.get(name, tflite.predict_tflite)
 
 
 def export_format(run: Run, name: str) -> dict:
@@ -53,6 +58,10 @@ def export_format(run: Run, name: str) -> dict:
     check = {"format": name, "file": out.name, "size_bytes": out.stat().st_size,
              "keras_size_bytes": run.model_path.stat().st_size, "convert_seconds": round(convert_seconds, 1),
              "model_mtime_ns": model_mtime, "created_at": time.time(), **check_file(run, name, out)}
+    if name == "web":
+        from core.export.web import ORT_WEB_VERSION
+
+        check.update(runtime=f"onnxruntime-web {ORT_WEB_VERSION}", checked_with="onnxruntime")
     run.record_export(name, check)
     return check
 

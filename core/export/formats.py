@@ -14,8 +14,10 @@ class ExportFormat:
     title: str       # what the download button says
     purpose: str     # one line: who it is for
     input: str       # what it takes
-    snippet: str     # a few lines that use it ({size} is the model's input side)
+    snippet: str     # a few lines that use it ({size} is the model's input side); "" for none
     language: str = "python"
+    mime: str = "application/octet-stream"
+    usage: str = ""  # one line under the download, for a file that is used without code
 
 
 _RESIZE = """img = Image.open("photo.jpg").convert("RGB").resize(({size}, {size}), Image.BILINEAR)  # antialiased"""
@@ -64,6 +66,13 @@ session = onnxruntime.InferenceSession("model.onnx")
 ''' + _RESIZE + '''
 probs = session.run(None, {"image": np.asarray(img, np.float32)[None]})[0][0]
 print(json.load(open("labels.json"))[probs.argmax()], probs.max())'''),
+    ExportFormat(
+        "web", Run.WEB, "Web page (offline)", "Anyone with a browser, on a computer or a phone: one HTML file with "
+        "the model and its runtime inside; nothing to install, no server, no internet.",
+        "photos of any size (JPEG, PNG, WebP…), dropped on the page or chosen; it resizes them as the app does",
+        "", mime="text/html",
+        usage="Open it in any browser (double-click it), then drop photos on it: it classifies them on the device, "
+              "offline, and shows each with its class bars."),
 )}
 
 

@@ -39,15 +39,17 @@ def export_onnx(model_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def predict_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
-    """Probabilities (N, classes) of the .onnx under ONNX Runtime (CPU) on N×size×size×3 float32 0..255."""
+def predict_onnx(path: Path, batch: np.ndarray, model: bytes | None = None) -> np.ndarray:
+    """Probabilities (N, classes) of the .onnx under ONNX Runtime (CPU) on N×size×size×3 float32 0..255
+    (`model`: the ONNX file's bytes, when they are inside `path`, as in the web export's page)."""
     try:
         import onnxruntime
     except ImportError as exc:
         raise ExportError("checking the ONNX file needs onnxruntime (pip install -r requirements.txt).") \
             from exc
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path) if model is None else model,
+                                               providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types (InvalidGraph, Fail...)
         raise ExportError(f"ONNX Runtime cannot load {path.name}: {exc}") from exc
     name = session.get_inputs()[0].name

@@ -10,7 +10,7 @@
     head.weights.h5  the trained dense head (bottleneck and finetune runs)
     head_bottleneck.weights.h5   a finetune run's head before fine-tuning
     model.keras      end-to-end model (raw RGB in, class probabilities out)
-    model.tflite, model-int8.tflite, model.onnx, model-web.zip   conversions, when exported (core.export)
+    model.tflite, model-int8.tflite, model.onnx, model.html   conversions, when exported (core.export)
     exports.json     each conversion's check: sizes, agreement with model.keras, accuracy on the validation photos
     log.txt          the executing process's output
     STOP             present = stop requested
@@ -93,7 +93,7 @@ class Run:
     TFLITE = "model.tflite"
     TFLITE_INT8 = "model-int8.tflite"
     ONNX = "model.onnx"
-    WEB = "model-web.zip"
+    WEB = "model.html"  # the web export: a page with the model and its runtime inside
     EXPORTS = "exports.json"
     LOG = "log.txt"
     STOP = "STOP"
