@@ -57,15 +57,26 @@ def overlay_figure(histories: dict[str, pd.DataFrame], metric: str = "val_accura
     return fig
 
 
+AXIS_NAME_CHARS = 18  # longer class names are cut with an ellipsis on a chart's axis (whole in the hover text)
+
+
+def axis_name(name: str, limit: int = AXIS_NAME_CHARS) -> str:
+    """A class name short enough for an axis: whole, or its start and an ellipsis (never broken onto two lines)."""
+    name = str(name)
+    return name if len(name) <= limit else name[:limit - 1].rstrip() + "…"
+
+
 def confusion_figure(matrix: list[list[int]], classes: list[str]) -> go.Figure:
     """Rows: true class, columns: predicted; counts written in the cells. Clickable cells in the app."""
     fig = px.imshow(matrix, x=classes, y=classes, text_auto=True, color_continuous_scale="Blues",
                     labels={"x": "predicted", "y": "true", "color": "images"}, aspect="auto")
     fig.update_layout(height=120 + 45 * len(classes), margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       coloraxis_showscale=False)
-    # Class names are text: without this, plotly puts names like "01", "1", "1e3" on a numeric axis.
-    fig.update_xaxes(side="top", type="category")
-    fig.update_yaxes(type="category")
+    # Class names are text: without this, plotly puts names like "01", "1", "1e3" on a numeric axis. Long names
+    # would take the room of the cells (on a narrow page most of it): the axis shows them cut.
+    ticks = {"tickmode": "array", "tickvals": list(classes), "ticktext": [axis_name(c) for c in classes]}
+    fig.update_xaxes(side="top", type="category", **ticks)
+    fig.update_yaxes(type="category", **ticks)
     return fig
 
 

@@ -1,4 +1,5 @@
-"""The workspace's last choices (dataset, run), so a new tab or a fresh session opens where the user left off.
+"""The workspace's last choices (dataset, run, the Training page's mode, backbone and epochs), so a new tab or a
+fresh session opens where the user left off.
 
 A URL's query parameters win over these (a bookmark shows what was bookmarked); these win over the defaults.
 """
@@ -8,7 +9,7 @@ from core import fsutil
 from core.workspace import workspace_root
 
 PREFERENCES_FILE = "preferences.json"
-KEYS = ("dataset", "run_id")
+KEYS = ("dataset", "run_id", "mode", "backbone", "epochs")  # all stored as strings
 
 
 def last_choices() -> dict[str, str]:

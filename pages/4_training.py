@@ -26,7 +26,7 @@ from core.runs import (
 from ui.common import current_dataset, dataset_label, md, warn_if_disk_full
 from ui.frame import require_frame
 from ui.prediction_views import model_file_ready
-from ui.state import augment_config, dataset_path, init_state, set_run
+from ui.state import MAX_EPOCHS, augment_config, dataset_path, init_state, keep_choice, set_choices, set_run
 from ui.try_it import try_it
 
 require_frame(__file__)
@@ -46,7 +46,12 @@ def settings_form() -> tuple[TrainConfig, str] | None:
     defaults = TrainConfig()
     left, right = st.columns([3, 2])
     with left:
-        mode = st.radio("How should it learn?", MODES, index=MODES.index("bottleneck"), key="train_mode",
+        # The mode, backbone and epochs are session choices (ui.state): a reload, a bookmark or another page
+        # and back keeps them. Each widget starts from its choice and copies a change back.
+        chosen = st.session_state["mode"]
+        mode = st.radio("How should it learn?", MODES, index=MODES.index(chosen) if chosen in MODES else 1,
+                        key="train_mode",
+                        on_change=keep_choice, args=("mode", "train_mode"),
                         format_func=lambda m: {"scratch": "From scratch (baseline)",
                                                "bottleneck": "Pretrained features (fast, recommended)",
                                                "finetune": "Pretrained + fine-tune (slower, best)"}[m],
@@ -55,10 +60,10 @@ def settings_form() -> tuple[TrainConfig, str] | None:
         names = [s.name for s in specs]
         backbone = st.selectbox("Pretrained network", names, index=names.index(st.session_state["backbone"])
                                 if st.session_state["backbone"] in names else 0, key="train_backbone",
+                                on_change=keep_choice, args=("backbone", "train_backbone"),
                                 format_func=lambda n: get_backbone(n).title, disabled=mode == "scratch",
                                 help="The network that was trained on a million ImageNet photos and turns each "
                                      "of your photos into a description (its 'bottleneck features').")
-        st.session_state["backbone"] = backbone
         st.caption(get_backbone(backbone).description)
     with right:
         st.markdown(f"**Dataset:** {md(dataset_label(dataset.root))} — {len(dataset.classes)} classes, "
@@ -77,7 +82,8 @@ def settings_form() -> tuple[TrainConfig, str] | None:
 
     with st.expander("Settings (the recipe's defaults are a good start)"):
         c1, c2, c3 = st.columns(3)
-        epochs = c1.number_input("Epochs", 1, 500, defaults.epochs, key="train_epochs",
+        epochs = c1.number_input("Epochs", 1, MAX_EPOCHS, st.session_state["epochs"], key="train_epochs",
+                                 on_change=keep_choice, args=("epochs", "train_epochs"),
                                  help="Passes over the training images. Training stops early when validation "
                                       "stops improving, keeping the best epoch.")
         batch_size = c1.select_slider("Batch size", [4, 8, 16, 32, 64], defaults.batch_size, key="train_batch",
@@ -113,6 +119,7 @@ def settings_form() -> tuple[TrainConfig, str] | None:
                                      help="Also cache the features of this many augmented versions of each "
                                           "training photo: augmentation without losing the speed of caching.")
 
+    set_choices(mode=mode, backbone=backbone, epochs=int(epochs))  # whatever the widgets show is the choice
     if not st.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start"):
         return None
     try:

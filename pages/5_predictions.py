@@ -19,9 +19,10 @@ from ui.common import dataset_label, md
 from ui.dataset_views import IMAGE_TYPES
 from ui.frame import require_frame
 from ui.labeling_views import fix_controls, image_now, retrain_button, retrain_status, suspects_queue
-from ui.layout import grid, name_line, row
+from ui.layout import grid, name_line, names_table, panels, row
 from ui.prediction_views import (
     ALL,
+    PER_CLASS_HEADERS,
     SORTS,
     WRONG_CSS,
     cell_from_selection,
@@ -33,7 +34,7 @@ from ui.prediction_views import (
     heat_thumb,
     model_file_ready,
     page_heatmaps,
-    per_class_table,
+    per_class_rows,
     predict_uploads,
     square_thumb,
 )
@@ -164,25 +165,19 @@ def on_cell_click() -> None:
     st.session_state.pop("pred_page", None)  # back to the first page of the new selection
 
 
-left, right = st.columns([1, 1])
-with left:
+# Side by side on a wide page, the table under the matrix on a narrow one (each then as wide as the page).
+confusion_panels = panels("pred_confusion")
+with confusion_panels.container():
     st.markdown("**Confusion matrix** — rows: the true class; columns: what the model said. The diagonal is right, "
                 "everything else is a mistake. **Click a cell** to see its photos below.")
     st.plotly_chart(clickable_confusion(matrix, classes), key=chart_key, on_select=on_cell_click,
                     selection_mode=("points",), config={"displayModeBar": False})
-with right:
+with confusion_panels.container():
     st.markdown("**Per class**")
     split_metrics = metrics if split == "val" else (metrics.get("test") or {})
     if split_metrics.get("per_class"):
-        st.dataframe(per_class_table(split_metrics["per_class"]), key="pred_per_class", column_config={
-            "precision": st.column_config.NumberColumn(
-                "precision", format="percent",
-                help="Of the photos the model called this class, the share that really are."),
-            "recall": st.column_config.NumberColumn(
-                "recall", format="percent",
-                help="Of the photos that really are this class, the share the model found."),
-            "f1": st.column_config.NumberColumn("F1", format="%.2f", help="Precision and recall in one number."),
-            "support": st.column_config.NumberColumn("photos", help="Photos of this class in this split.")})
+        # Class names whole, or cut with an ellipsis and a tooltip (st.dataframe clips them mid-word).
+        names_table(per_class_rows(split_metrics["per_class"]), "class", PER_CLASS_HEADERS)
     mistakes = [(classes[i], classes[j], matrix[i][j]) for i in range(len(classes)) for j in range(len(classes))
                 if i != j and matrix[i][j]]
     if mistakes:

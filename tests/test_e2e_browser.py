@@ -5,8 +5,10 @@ the Predictions grid shows images and labels. A screenshot of each page is saved
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ PAGES = {"dataset": "Dataset", "label": "Label", "map": "Photo map", "augmentati
          "training": "Training", "predictions": "Predictions", "runs": "Runs", "presenter": "Presenter"}
 
 pytestmark = pytest.mark.e2e
+SERVERS: dict[str, subprocess.Popen] = {}  # the `server` fixture's process by its URL (a test may pause it)
 
 
 def free_port() -> int:
@@ -49,7 +52,9 @@ def server(tmp_path_factory, project_root, chromium_path):
     else:
         proc.kill()
         pytest.fail("streamlit did not start:\n" + (ws / "server.log").read_text()[-3000:])
+    SERVERS[url] = proc
     yield url, ws
+    SERVERS.pop(url, None)
     from core.engine.worker import stop_worker
 
     stop_worker(ws / "engine", timeout=60)  # the server started it (the warm engine); the test stops it
@@ -159,9 +164,39 @@ def names_broken_mid_word(page) -> list[str]:
         .map(e => e.innerText)""")
 
 
+def confusion_room(page) -> dict:
+    """The confusion matrix's width and the per-class table's overflow on the Predictions page, against the main
+    column's content width (whatever element draws the table: st.dataframe's scroller or an HTML table)."""
+    return page.evaluate("""() => {
+        const main = document.querySelector('.stMainBlockContainer');
+        const style = getComputedStyle(main);
+        const room = main.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        const chart = document.querySelector("[data-testid='stPlotlyChart']").getBoundingClientRect();
+        const table = document.querySelector(".fs-table, [data-testid='stDataFrame'] .dvn-scroller");
+        const names = [...document.querySelectorAll('.fs-table .fs-name')];
+        return {room, chart: chart.width, chart_top: chart.top, table_top: table.getBoundingClientRect().top,
+                table_overflow: table.scrollWidth - table.clientWidth,
+                names_cut: names.filter(e => e.scrollWidth > e.clientWidth).map(e => e.innerText)};
+    }""")
+
+
+def show_confusion(page) -> None:
+    """Scroll the main column so the confusion matrix's panel starts at the top of the window (a screenshot of
+    the page shows the window only: the main column is Streamlit's own scrolling box)."""
+    page.evaluate("""() => {
+        const chart = document.querySelector("[data-testid='stPlotlyChart']");
+        const panel = chart.closest("[class*='st-key-fspanels-'], [data-testid='stHorizontalBlock']");
+        panel.scrollIntoView({block: 'start'});
+        document.querySelector("[data-testid='stMain']").scrollBy(0, -80);  // clear of Streamlit's header
+    }""")
+    page.wait_for_timeout(300)
+
+
 def test_layout_fits_800_and_1400_px_and_choices_survive_a_reload(server, page, output, project_root, demo_run):
-    """Issue 12 in the browser: the dataset survives a reload; the grid has fewer columns at 800 px than at
-    1400 px and keeps names whole; no request leaves the machine (the page icon is served locally)."""
+    """Issue 12 in the browser: the dataset and the training choices (mode, epochs) survive a reload and open in a
+    second tab; the grid has fewer columns at 800 px than at 1400 px and keeps names whole; the confusion matrix
+    and the per-class table sit side by side at 1400 px and stack, each as wide as the page, at 800 px; no
+    request leaves the machine (the page icon is served locally)."""
     url, ws = server
     if not any((ws / "runs").glob("*/predictions.csv")):  # run alone (-k layout): a finished run to look at
         shutil.copytree(demo_run, ws / "runs" / demo_run.name)
@@ -188,6 +223,29 @@ def test_layout_fits_800_and_1400_px_and_choices_survive_a_reload(server, page, 
         wait_idle(page, "Training")
         assert "my photos" in page.locator("[data-testid='stSidebar']").inner_text()  # not back on the demo
         assert "dataset=my" in page.url
+        # The training choices: from scratch, 12 epochs. A reload keeps them (not back on "Pretrained features").
+        page.get_by_text("From scratch (baseline)").click()
+        wait_idle(page, "Training")
+        page.get_by_text("Settings (the recipe's defaults").click()
+        epochs = page.get_by_label("Epochs", exact=True)
+        epochs.fill("12")
+        epochs.press("Enter")
+        wait_idle(page, "Training")
+        page.reload()
+        wait_idle(page, "Training")
+        assert page.get_by_role("radio", name="From scratch (baseline)").is_checked()
+        page.get_by_text("Settings (the recipe's defaults").click()
+        assert page.get_by_label("Epochs", exact=True).input_value() == "12"
+        assert "mode=scratch" in page.url and "epochs=12" in page.url, page.url  # a bookmark keeps them too
+        # A second tab opening the app's bare address shows the same choices (the workspace remembers them).
+        second = page.context.new_page()
+        try:
+            second.goto(f"{url}/training")
+            wait_idle(second, "Training")
+            assert second.get_by_role("radio", name="From scratch (baseline)").is_checked()
+            assert "my photos" in second.locator("[data-testid='stSidebar']").inner_text()
+        finally:
+            second.close()
         # Another page keeps it too (the navigation drops the query; the app writes it back).
         page.goto(f"{url}/dataset")
         wait_idle(page, "Dataset")
@@ -197,13 +255,24 @@ def test_layout_fits_800_and_1400_px_and_choices_survive_a_reload(server, page, 
         wait_idle(page, "Predictions")
         wide = grid_columns(page)
         assert not names_broken_mid_word(page)
+        room = confusion_room(page)  # side by side: the table level with the chart, half the room each
+        assert abs(room["table_top"] - room["chart_top"]) < 200 and room["chart"] < 0.6 * room["room"], room
         page.screenshot(path=str(output / "predictions-1400.png"), full_page=True)
+        show_confusion(page)
+        page.screenshot(path=str(output / "predictions-confusion-1400.png"))
         page.set_viewport_size({"width": 800, "height": 1000})
         page.wait_for_timeout(800)
         narrow = grid_columns(page)
         assert 1 <= narrow < wide, (narrow, wide)
         assert not names_broken_mid_word(page)
+        # Stacked at 800 px: the matrix takes (nearly) the whole main column, the table under it fits its width
+        # and shows every demo class name whole.
+        room = confusion_room(page)
+        assert room["chart"] >= 0.9 * room["room"] and room["table_top"] > room["chart_top"], room
+        assert room["table_overflow"] <= 1 and not room["names_cut"], room
         page.screenshot(path=str(output / "predictions-800.png"), full_page=True)
+        show_confusion(page)
+        page.screenshot(path=str(output / "predictions-confusion-800.png"))
         page.goto(f"{url}/runs")
         wait_idle(page, "Runs")
         page.screenshot(path=str(output / "runs-800.png"), full_page=True)
@@ -221,8 +290,6 @@ def test_layout_fits_800_and_1400_px_and_choices_survive_a_reload(server, page, 
 
 def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path, project_root, output):
     """Issue 4 in the browser: copy the demo, upload unlabelled photos, accept the model's suggestions, retrain."""
-    import json
-
     from PIL import Image, ImageOps
 
     url, ws = server
@@ -357,3 +424,110 @@ def test_presenter_view_reads_on_a_projector(server, page, demo_story, output):
         page.screenshot(path=str(output / "presenter-curve-full.png"), full_page=True)
     finally:
         page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+STOP_CONTROLS_JS = """() => [...document.querySelectorAll('button, a, [role=button], [role=menuitem]')]
+    .filter(e => /stop/i.test(e.innerText || e.getAttribute('aria-label') || '') && e.checkVisibility())
+    .map(e => {
+        const keyed = e.closest('[class*="st-key-"]');
+        const key = keyed ? [...keyed.classList].find(c => c.startsWith('st-key-')) : e.closest('[data-testid]')
+            ?.dataset.testid;
+        return `${(e.innerText || e.getAttribute('aria-label')).replace(/\\s+/g, ' ').trim()} (${key})`;
+    })"""
+
+
+def visible_stop_controls(page) -> list[str]:
+    """Every control on screen that says Stop (a button, a link, a menu item), with the key or test id of what
+    holds it: Streamlit's own status-widget Stop would stop the page's script, not the training."""
+    return page.evaluate(STOP_CONTROLS_JS)
+
+
+def watch_stop_controls(page) -> None:
+    """From now on, note the visible Stop controls at every change of the page (`watched_stop_controls` tells):
+    Streamlit's status widget, with its own Stop, shows only while a rerun lasts (after half a second)."""
+    page.evaluate(f"""() => {{
+        const controls = {STOP_CONTROLS_JS};
+        const watch = window.__stopWatch = {{seen: new Set(), changes: 0, with_status: 0}};
+        const look = () => {{
+            watch.changes++;
+            if (document.querySelector("[data-testid='stStatusWidgetRunningIcon']")) watch.with_status++;
+            watch.seen.add(JSON.stringify(controls()));
+        }};
+        watch.observer = new MutationObserver(look);
+        watch.observer.observe(document.body, {{subtree: true, childList: true, attributes: true}});
+        look();
+    }}""")
+
+
+def watched_stop_controls(page) -> dict:
+    """Each different set of visible Stop controls seen since `watch_stop_controls`, how many changes of the page
+    were looked at, and in how many of them Streamlit's status widget said it was running."""
+    return page.evaluate("""() => { const w = window.__stopWatch; w.observer.disconnect();
+        return {seen: [...w.seen].map(JSON.parse), changes: w.changes, with_status: w.with_status}; }""")
+
+
+def state_of(run_dir: Path) -> str | None:
+    """A run's state as its status.json on disk says."""
+    try:
+        return json.loads((run_dir / "status.json").read_text()).get("state")
+    except (OSError, ValueError):
+        return None
+
+
+def test_one_stop_while_training_and_it_stops_the_run(server, page, output):
+    """Issue 12: while a training runs, the page shows one Stop (the training's, not Streamlit's own beside it),
+    and clicking it stops the run: its status on disk becomes "stopped"."""
+    url, ws = server
+    before = set((ws / "runs").iterdir()) if (ws / "runs").exists() else set()
+    # From scratch, long enough to be caught running (the mode and epochs come from the URL, as a bookmark would).
+    page.goto(f"{url}/training?dataset=*demo&mode=scratch&epochs=300")
+    wait_idle(page, "Training")
+    page.get_by_text("Settings (the recipe's defaults").click()
+    patience = page.get_by_label("Patience", exact=True)
+    patience.fill("100")  # no early stop either
+    patience.press("Enter")
+    wait_idle(page, "Training")
+    page.get_by_role("button", name="Start training").click()
+    run_dir = None
+    try:
+        page.wait_for_selector("[class*='st-key-stop_'] button", timeout=120_000)
+        run_dir = next(iter(set((ws / "runs").iterdir()) - before))
+        assert json.loads((run_dir / "config.json").read_text())["train"]["mode"] == "scratch"
+        page.wait_for_selector("h3:has-text('Training:')", timeout=120_000)  # running, not only queued
+        # Watched at every change of the page while the live view reruns twice a second and the settings below it
+        # rerun the whole page (a mode changed and changed back). Streamlit shows its status widget, with its own
+        # Stop, once a rerun has lasted half a second, as on a laptop busy training: the server is paused for two
+        # seconds during the first rerun so that this happens here on any machine.
+        watch_stop_controls(page)
+        page.get_by_text("Start another training").click()
+        page.get_by_text("Pretrained + fine-tune (slower, best)").click()
+        server_process = SERVERS[url]
+        server_process.send_signal(signal.SIGSTOP)
+        try:
+            page.wait_for_timeout(2000)
+        finally:
+            server_process.send_signal(signal.SIGCONT)
+        page.wait_for_timeout(1500)
+        page.get_by_text("From scratch (baseline)").click()
+        page.wait_for_timeout(1500)
+        watched = watched_stop_controls(page)
+        print("stop controls while training:", watched)
+        assert watched["with_status"] > 0, watched  # the status widget did show: the check covered it
+        assert all(len(controls) == 1 and "st-key-stop_" in controls[0] for controls in watched["seen"]), watched
+        page.screenshot(path=str(output / "training-running.png"))
+        # Streamlit keeps a hidden copy of a button with a tooltip next to the shown one: click the shown one.
+        page.locator("[class*='st-key-stop_'] button:visible").click()
+        deadline = time.time() + 120
+        while state_of(run_dir) != "stopped" and time.time() < deadline:
+            time.sleep(0.5)
+        assert state_of(run_dir) == "stopped", (run_dir / "status.json").read_text()
+        page.wait_for_selector("h3:has-text('Stopped')", timeout=60_000)
+        wait_idle(page, "Training")
+        assert_no_exception(page)
+        assert not visible_stop_controls(page)  # nothing left to stop
+        page.screenshot(path=str(output / "training-stopped.png"))
+    finally:
+        if run_dir is not None and run_dir.exists() and state_of(run_dir) != "running":
+            shutil.rmtree(run_dir, ignore_errors=True)  # later tests count the runs
+        page.goto(f"{url}/dataset?dataset=*demo")  # the defaults again (the URL names no training choice)
+        wait_idle(page, "Dataset")

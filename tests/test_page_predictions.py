@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.charts import AXIS_NAME_CHARS, axis_name
 from core.evaluate import frame_confusion
 from core.runs import Run
-from ui.prediction_views import ALL, cell_from_selection, clickable_confusion, filter_predictions
+from ui.prediction_views import ALL, cell_from_selection, clickable_confusion, filter_predictions, per_class_rows
 
 
 @pytest.fixture
@@ -110,6 +111,23 @@ def test_clickable_matrix_maps_a_clicked_point_to_its_cell():
     assert cell_from_selection({"points": [point], "point_indices": [index], "box": []}, classes) == ("dog", "fox")
     assert cell_from_selection({"points": [], "point_indices": [], "box": []}, classes) is None
     assert "2 images (wrong)" in cells.hovertext[index]
+
+
+def test_long_class_names_are_cut_on_the_matrix_axes_and_whole_in_the_table():
+    """Issue 12: a long class name takes no room from the matrix's cells (cut with an ellipsis on the axes, whole
+    in the hover text), and the per-class table keeps it whole for its tooltip."""
+    long = "a_really_long_class_name_that_goes_on"
+    classes = ["cat", long]
+    fig = clickable_confusion([[2, 1], [0, 3]], classes)
+    assert list(fig.layout.xaxis.tickvals) == classes and list(fig.layout.yaxis.tickvals) == classes
+    cut = fig.layout.xaxis.ticktext[1]
+    assert cut.endswith("…") and len(cut) == AXIS_NAME_CHARS and long.startswith(cut[:-1])
+    assert fig.layout.xaxis.ticktext[0] == "cat" == axis_name("cat")
+    cells = [t for t in fig.data if t.type == "scatter"][0]
+    assert any(long in text for text in cells.hovertext)
+    rows = per_class_rows({"cat": {"precision": 1.0, "recall": 0.6667, "f1": 0.8, "support": 3},
+                           long: {"precision": 0.75, "recall": 1.0, "f1": 0.8571, "support": 3}})
+    assert rows == [("cat", ["100%", "67%", "0.80", "3"]), (long, ["75%", "100%", "0.86", "3"])]
 
 
 def test_filters_and_confusion_from_predictions(tmp_path):

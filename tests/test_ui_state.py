@@ -7,6 +7,7 @@ import pandas as pd
 from streamlit.testing.v1 import AppTest
 
 from core import preferences
+from core.backbones import DEFAULT_BACKBONE
 from core.charts import RUN_COLORS, history_figure, overlay_figure
 from core.config import TrainConfig
 from core.labeling import make_editable_copy
@@ -41,12 +42,44 @@ def test_a_reload_keeps_the_dataset_from_the_url(workspace, make_dataset, projec
 def test_a_new_tab_without_parameters_opens_the_last_dataset_and_run(workspace, make_dataset, project_root):
     mine = make_dataset(workspace / "datasets" / "plants")
     app(project_root, dataset="plants", run="20261201-140200-bottleneck-abcd")
-    assert preferences.last_choices() == {"dataset": str(mine), "run_id": "20261201-140200-bottleneck-abcd"}
+    remembered = preferences.last_choices()
+    assert {k: remembered[k] for k in ("dataset", "run_id")} == {"dataset": str(mine),
+                                                                 "run_id": "20261201-140200-bottleneck-abcd"}
     at = app(project_root)
     assert at.session_state["dataset"] == str(mine)
     assert at.session_state["run_id"] == "20261201-140200-bottleneck-abcd"
+    # The training choices are at their defaults: the URL leaves them out.
     assert at.query_params == {"dataset": "plants", "run": "20261201-140200-bottleneck-abcd"}
     assert dataset_to_param(mine) == "plants"
+
+
+def test_the_training_choices_survive_a_reload_and_open_in_a_new_tab(workspace, project_root):
+    at = app(project_root)
+    at.switch_page("pages/4_training.py").run()
+    assert not at.exception, at.exception
+    at.radio(key="train_mode").set_value("scratch")
+    at.number_input(key="train_epochs").set_value(60)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["mode"] == "scratch" and at.session_state["epochs"] == 60
+    assert at.query_params["mode"] == "scratch" and at.query_params["epochs"] == "60"
+    assert "backbone" not in at.query_params  # still the default
+    assert {k: v for k, v in preferences.last_choices().items() if k in ("mode", "epochs")} == \
+        {"mode": "scratch", "epochs": "60"}
+    # A reload (the URL as the app wrote it) opens the Training page on the same choices.
+    params = {k: at.query_params[k] for k in at.query_params}
+    reloaded = app(project_root, **params)
+    reloaded.switch_page("pages/4_training.py").run()
+    assert reloaded.radio(key="train_mode").value == "scratch"
+    assert reloaded.number_input(key="train_epochs").value == 60
+    # A new tab (no parameters) takes the workspace's last choices.
+    assert app(project_root).session_state["mode"] == "scratch"
+    # A URL the app wrote is complete: one without `mode` means the default, whatever another tab chose last.
+    assert app(project_root, dataset=DEMO_PARAM).session_state["mode"] == "bottleneck"
+    # Values the page does not offer are ignored.
+    odd = app(project_root, dataset=DEMO_PARAM, mode="magic", epochs="0", backbone="../x")
+    assert (odd.session_state["mode"], odd.session_state["epochs"], odd.session_state["backbone"]) == \
+        ("bottleneck", 30, DEFAULT_BACKBONE)
 
 
 def test_runs_and_datasets_have_readable_names(workspace, demo_dataset, make_dataset):

@@ -108,6 +108,24 @@ def per_class_table(per_class: dict) -> pd.DataFrame:
     return table.reindex(columns=["precision", "recall", "f1", "support"])
 
 
+PER_CLASS_HEADERS = [
+    ("precision", "Of the photos the model called this class, the share that really are."),
+    ("recall", "Of the photos that really are this class, the share the model found."),
+    ("F1", "Precision and recall in one number."),
+    ("photos", "Photos of this class in this split."),
+]
+
+
+def per_class_rows(per_class: dict) -> list[tuple[str, list[str]]]:
+    """The per-class table's rows for `ui.layout.names_table`: a class name and its formatted numbers."""
+    def fmt(value, pattern: str) -> str:
+        return "—" if value is None or pd.isna(value) else format(value, pattern)
+
+    return [(str(name), [fmt(row["precision"], ".0%"), fmt(row["recall"], ".0%"), fmt(row["f1"], ".2f"),
+                         fmt(row["support"], ".0f")])
+            for name, row in per_class_table(per_class).iterrows()]
+
+
 def export_check_sentence(check: dict | None) -> tuple[str, str]:
     """("success"|"warning"|"info", plain words) for metrics.json's export_check."""
     if not check or not check.get("n_images"):
