@@ -42,7 +42,7 @@ def test_the_worker_runs_the_run_first_then_the_bonus_work_again(workspace, tiny
     """A deferred job that gives way goes back to the front of the worker's deferred queue, untouched; with no run
     waiting it completes; when the worker exits it completes whatever waits."""
     from core.engine import queue
-    from core.engine.worker import _Worker
+    from core.engine.worker import Deferred, _Worker
     from core.runs import create_run
 
     worker = _Worker()
@@ -53,13 +53,13 @@ def test_the_worker_runs_the_run_first_then_the_bonus_work_again(workspace, tiny
         give_way_if_asked()
         calls.append("done")
 
-    worker.deferred.append(bonus)
+    worker.deferred.append(Deferred(bonus))
     entry = queue.enqueue(create_run(TrainConfig(data=str(tiny_dataset), mode="scratch")))
     worker._run_deferred()
-    assert calls == ["begun"] and list(worker.deferred) == [bonus]  # gave way to the queued run
+    assert calls == ["begun"] and [d.job for d in worker.deferred] == [bonus]  # gave way to the queued run
     worker._run_deferred(give_way=False)  # exiting: nothing will wait
     assert calls == ["begun", "begun", "done"] and not worker.deferred
-    worker.deferred.append(bonus)
+    worker.deferred.append(Deferred(bonus))
     queue.remove(entry)
     worker._run_deferred()  # the queue is empty: straight through
     assert calls[-2:] == ["begun", "done"] and not worker.deferred

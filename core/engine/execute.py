@@ -53,7 +53,7 @@ class _StoppedWhileQueued(Exception):
 
 
 def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-process",
-                handle_sigterm: bool = True, defer: Callable[[Callable[[], None]], None] | None = None,
+                handle_sigterm: bool = True, defer: Callable[[Callable[[], None], float], None] | None = None,
                 exclusive: bool = True, node: str = "this machine") -> RunStatus:
     """Train the run in this process; returns its status once the results are on disk. Never raises for a
     training failure.
@@ -63,8 +63,8 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
     passes False, and then leaves the feature cache's temporary files alone, as other runs are writing it.
 
     What follows the results (a bottleneck run's model.keras, the export check) runs before returning, or is
-    handed to `defer`: the warm worker runs it when no other run is waiting, so a retrain queued behind this run
-    does not wait seconds for another run's model file."""
+    handed to `defer` step by step, each with how long the queue must have been idle before it: the warm worker
+    runs them when no other run is waiting, so a retrain queued behind this run does not wait for them."""
     # The process is recorded before anything slow (importing TensorFlow takes seconds): a kill in that window
     # must leave the run failed, not "queued" forever.
     pid = os.getpid()
@@ -93,9 +93,9 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
                           message="finished" if state == "done" else "stopped; the best model so far was saved",
                           val_accuracy=result.metrics.get("val_accuracy"),
                           model_file="writing" if result.model_pending else "ready")
-        for step in _after_results(run, result.model_pending, verify_export):
+        for step, after_idle in _after_results(run, result.model_pending, verify_export):
             if defer is not None:
-                defer(step)  # one at a time: the worker looks at its queue between them
+                defer(step, after_idle)  # one at a time: the worker looks at its queue between them
             else:
                 step()
         return run.status()
@@ -119,12 +119,19 @@ def _log_traceback(run: Run) -> None:
         pass
 
 
-def _after_results(run: Run, model_pending: bool, verify) -> list[Callable[[], None]]:
-    """What follows the results, in order: the model file (needed to predict new photos and to download), then the
-    bonus work, which gives way to a waiting run (core.give_way): the cross-validation first (it gives way between
-    folds, ~1 s each), the export check last (reloading model.keras, ~3 s, cannot be cut short)."""
-    steps = [functools.partial(write_run_model, run)] if model_pending else []
-    return steps + [functools.partial(_cross_validate, run), functools.partial(_verify, run, verify)]
+# How long the warm worker's queue must have been empty before it starts each step (seconds): a user who fixes
+# labels and clicks Retrain right after a run must find the worker free, not inside a step that cannot be cut.
+MODEL_FILE_IDLE_SECONDS = 2.0   # ~1 s (quiet) to ~3 s (loaded); needed to predict new photos and to download
+CHECK_IDLE_SECONDS = 10.0       # the export check reloads model.keras: ~3 s that cannot be cut short
+
+
+def _after_results(run: Run, model_pending: bool, verify) -> list[tuple[Callable[[], None], float]]:
+    """What follows the results, in order, each with the idle time the warm worker waits for before it: the model
+    file, then the bonus work, which gives way to a waiting run (core.give_way): the cross-validation first (it
+    gives way between folds, ~1 s each), the export check last."""
+    steps = [(functools.partial(write_run_model, run), MODEL_FILE_IDLE_SECONDS)] if model_pending else []
+    return steps + [(functools.partial(_cross_validate, run), MODEL_FILE_IDLE_SECONDS),
+                    (functools.partial(_verify, run, verify), CHECK_IDLE_SECONDS)]
 
 
 def _cross_validate(run: Run) -> None:

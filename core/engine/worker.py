@@ -36,9 +36,16 @@ POLL_SECONDS = 0.05        # how often an idle worker looks at the queue (a dire
 MAX_RUNS = 100             # then the worker exits and the next submission starts a fresh one (bounded memory)
 IDLE_EXIT_SECONDS = 6 * 3600
 START_RETRY_SECONDS = 20.0  # a worker that died before it was ready is not restarted sooner than this
-# Model files and export checks wait until the queue has been empty this long: a user who clicks Start (or
-# Retrain) right after a run gets the worker at once instead of waiting for the previous run's model file.
+# Deferred work (a finished run's model file, checks; a conversion) waits until the queue has been empty at least
+# this long (execute_run says how long for each of its steps): a user who clicks Start (or Retrain) right after a
+# run gets the worker at once instead of waiting for the previous run's model file.
 DEFER_IDLE_SECONDS = 2.0
+
+
+@dataclass
+class Deferred:
+    job: Callable[[], None]
+    after_idle: float = DEFER_IDLE_SECONDS  # seconds of an empty queue before it starts
 
 
 @dataclass
@@ -148,8 +155,8 @@ def _output_to(path: Path) -> Iterator[None]:
 
 
 def warm_up() -> None:
-    """What every run needs, paid once: TensorFlow, the training code, the default backbone and its fast
-    extractor (converted here once if it never was, so small datasets get it too)."""
+    """What every run needs, paid once: TensorFlow, the training code, the default backbone's fast extractor
+    (converted here once if it never was, so small datasets get it too; Keras' extractor where it cannot be)."""
     from core.backbones import DEFAULT_BACKBONE
     from core.backbones.tflite import MIN_IMAGES_TO_CONVERT, fast_extractor
     from core.engine.execute import execute_run  # noqa: F401  (imports the whole training stack)
@@ -159,8 +166,10 @@ def warm_up() -> None:
     if backbone in ("", "none"):  # TensorFlow and the training code only (tests that train from scratch)
         return
     try:
-        cached_extractor(backbone)
-        fast_extractor(backbone, n_images=MIN_IMAGES_TO_CONVERT)
+        # The fast extractor is all a bottleneck run needs before its results; the Keras one (seconds to build) only
+        # where there is no fast one. A run's model file builds the Keras network later, when the worker is idle.
+        if fast_extractor(backbone, n_images=MIN_IMAGES_TO_CONVERT) is None:
+            cached_extractor(backbone)
     except Exception:  # no weights here (offline, no package): runs will say why; the worker still serves
         traceback.print_exc()
 
@@ -172,7 +181,7 @@ class _Worker:
         self.exiting = False
         self.current: Run | None = None
         # Model files and export checks of finished runs: done when no run waits (results come first).
-        self.deferred: collections.deque[Callable[[], None]] = collections.deque()
+        self.deferred: collections.deque[Deferred] = collections.deque()
 
     def on_sigterm(self, *_: object) -> None:
         self.exiting = True
@@ -195,7 +204,7 @@ class _Worker:
                 break  # its workspace was deleted (a test's temporary folder, a user tidying up)
             entry = next(iter(queue.entries(waiting)), None)
             if entry is None:
-                if self.deferred and time.time() - idle_since >= DEFER_IDLE_SECONDS:
+                if self.deferred and time.time() - idle_since >= self.deferred[0].after_idle:
                     self._run_deferred()
                     continue
                 if time.time() - idle_since > IDLE_EXIT_SECONDS:
@@ -215,8 +224,8 @@ class _Worker:
             self.current = run
             with _output_to(run.log_path):
                 execute_run(run, executor="warm worker", handle_sigterm=False,
-                            defer=lambda job, log=run.log_path: self.deferred.append(functools.partial(
-                                self._logged, job, log)))
+                            defer=lambda job, after_idle, log=run.log_path: self.deferred.append(
+                                Deferred(functools.partial(self._logged, job, log), after_idle)))
             self.current = None
             self._prepare_fast_extractor(run)
             self.info.state, self.info.current_run = "ready", None
@@ -238,20 +247,20 @@ class _Worker:
         try:
             cfg = run.config()
             if cfg.mode != "scratch" and get_backbone(cfg.backbone).fast_extract:
-                self.deferred.append(functools.partial(fast_extractor, cfg.backbone, MIN_IMAGES_TO_CONVERT))
+                self.deferred.append(Deferred(functools.partial(fast_extractor, cfg.backbone, MIN_IMAGES_TO_CONVERT)))
         except Exception:  # an unreadable config or an unknown backbone: the run already said why
             pass
 
     def _run_deferred(self, give_way: bool = True) -> None:
         """The oldest deferred job; bonus work in it gives way to a run that is waiting (and is done again later,
         from its start), unless `give_way` is False (the worker is exiting: nothing will wait)."""
-        job = self.deferred.popleft()
+        item = self.deferred.popleft()
         run_waiting = (lambda: bool(queue.entries(queue.queue_dir()))) if give_way else (lambda: False)
         try:
             with giving_way_when(run_waiting):
-                job()
+                item.job()
         except GaveWay:
-            self.deferred.appendleft(job)
+            self.deferred.appendleft(item)
         except Exception:  # each job records its own failure in its run folder; the worker goes on
             traceback.print_exc()
 
