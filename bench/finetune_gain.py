@@ -108,7 +108,7 @@ def fashion_mnist(out: Path, part: str, classes: list[int], per_class: int, seed
 
 def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     pred = (probs[:, 0] > 0.5).astype(int) if probs.shape[1] == 1 else probs.argmax(1)
-    return float((pred == y).mean())
+    return round(float((pred == y).mean()), 5)  # as the history's (rounded) accuracies, so equal ones compare equal
 
 
 def _finetune(cfg, n_classes: int, splits: dict, head, head_acc: float, recipe) -> dict:
@@ -172,7 +172,7 @@ def one_split(data: Path, seed: int, configs: list[str], settings: dict, head_au
     feats = {s: extract_features(splits[s].paths, cfg.backbone, features_dir()).features for s in ("train", "val")}
     logreg = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced" if cfg.class_weights == "balanced"
                                 else None).fit(feats["train"], splits["train"].y)
-    row["logreg"] = float((logreg.predict(feats["val"]) == y_val).mean())
+    row["logreg"] = round(float((logreg.predict(feats["val"]) == y_val).mean()), 5)
 
     if head_aug:
         aug_cfg = TrainConfig(data=str(data), mode="bottleneck", seed=seed, augment_copies=4, **settings)
@@ -197,12 +197,17 @@ def _acc(row: dict, key: str) -> float | None:
     return value["val_accuracy"] if isinstance(value, dict) else value
 
 
+def _fmt(value: float, digits: int) -> str:
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.0" for a rounding error below the digits
+
+
 def _mean_sd(values: list[float], digits: int = 3) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "—"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+    return (f"{_fmt(statistics.mean(values), digits)} ± {_fmt(sd, digits)} "
+            f"({_fmt(min(values), digits)}–{_fmt(max(values), digits)})")
 
 
 def report(name: str, rows: list[dict], keys: list[str]) -> str:
@@ -283,8 +288,9 @@ def run(args, tmp: Path) -> None:
         line = [name, sum(r["n_val"] for r in rows)]
         for key in ("before", "after", "after+1"):
             diffs = [(_acc(r, key) - r["head"]) * 100 for r in rows if r.get(key)]
-            line.append(f"{statistics.mean(diffs):+.1f} (min {min(diffs):+.1f})" if diffs else "—")
-        line.append(f"{statistics.mean([(r['head'] - r['logreg']) * 100 for r in rows]):+.1f}")
+            line.append(f"{round(statistics.mean(diffs), 1) + 0.0:+.1f} (min {round(min(diffs), 1) + 0.0:+.1f})"
+                        if diffs else "—")
+        line.append(f"{round(statistics.mean([(r['head'] - r['logreg']) * 100 for r in rows]), 1) + 0.0:+.1f}")
         summary.append(line)
     print_section("Fine-tune gain: summary (points of validation accuracy, mean over seeds, paired by seed)",
                   machine_line() + "\n\n" + table(
