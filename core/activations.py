@@ -21,7 +21,7 @@ import numpy as np
 
 from core import fsutil, images
 from core.augment import AugmentConfig, build_augmenter
-from core.backbones import get_backbone
+from core.backbones import get_backbone, top_block_prefixes
 from core.errors import FewShotError
 from core.features import StopRequested, image_dataset
 from core.tfenv import keras, tf
@@ -50,9 +50,10 @@ class BackboneCut:
         return tuple(int(d) for d in self.lower.output.shape[1:])
 
 
-def cut_backbone(extractor: keras.Model, backbone: str) -> BackboneCut:
-    """Cut `extractor` (a `build_feature_extractor(backbone)` model) before its first top-block layer."""
-    prefixes = get_backbone(backbone).top_block
+def cut_backbone(extractor: keras.Model, backbone: str, extra_blocks: int = 0) -> BackboneCut:
+    """Cut `extractor` (a `build_feature_extractor(backbone)` model) before its first top-block layer (or, with
+    `extra_blocks`, before that many blocks under the top one: `core.backbones.top_block_prefixes`)."""
+    prefixes = top_block_prefixes(backbone, extra_blocks)
     layers = extractor.layers
     first = next((i for i, layer in enumerate(layers) if layer.name.startswith(prefixes)), None)
     if first is None:

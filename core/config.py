@@ -14,7 +14,8 @@ MODE_HELP = {
     "bottleneck": "A pretrained network describes each image once; a small classifier learns from those "
                   "descriptions in seconds. Best first choice.",
     "finetune": "Starts from the bottleneck classifier, then gently retrains the pretrained network's last block "
-                "with augmentation. Slower; can add a few points of accuracy.",
+                "with augmentation. Slower; on small datasets it added 0 to 2 points on average, and it keeps the "
+                "bottleneck classifier when no epoch does better on validation.",
 }
 SCRATCH_INPUT_SIZE = 150  # the recipe's 150×150
 

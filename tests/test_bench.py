@@ -76,8 +76,15 @@ def test_finetune_cached_compares_with_the_apps_finetune(workspace, run_bench):
         and rows(out, "finetune (cached), warm cache"), out
 
 
+def test_finetune_gain_compares_the_fine_tunes_with_their_head_and_logistic_regression(workspace, run_bench):
+    out = run_bench("finetune_gain.py")
+    for label in ("logistic regression (sklearn, features)", "| bottleneck head |", "fine-tune before",
+                  "fine-tune after (calibrated head, warm-up + cosine)", "| tiny |"):
+        assert rows(out, label), (label, out)
+
+
 @pytest.mark.parametrize("script", ["extract.py", "train.py", "augment.py", "memory.py", "ui.py",
-                                    "finetune_cached.py"])
+                                    "finetune_cached.py", "finetune_gain.py"])
 def test_scripts_document_how_to_run_them(script, project_root):
     text = (project_root / "bench" / script).read_text()
     assert f".venv/bin/python -m {module_of(script)}" in text

@@ -47,6 +47,11 @@ def test_cut_backbone_reproduces_the_extractor_and_float16_is_close():
     assert np.abs(from_fp16 - features).max() < 1e-3 * np.abs(features).max()
     # The top part is the extractor's own layers: training it trains the extractor.
     assert all(layer is extractor.get_layer(layer.name) for layer in cut.top.layers[1:])
+    # One more block under the top one (block14, with its residual add reading the cut tensor) cuts there too.
+    deeper = cut_backbone(extractor, "efficientnet_lite0", extra_blocks=1)
+    assert deeper.cut == "block14_expand" and deeper.shape == (7, 7, 192)
+    np.testing.assert_allclose(deeper.top(deeper.lower(x, training=False), training=False).numpy(), features,
+                               atol=1e-5)
 
 
 def test_cached_finetune_trains_the_top_block_exports_and_second_run_reads_the_cache(workspace, tiny_dataset,
@@ -61,7 +66,9 @@ def test_cached_finetune_trains_the_top_block_exports_and_second_run_reads_the_c
     assert info["activation_cache_mib"] > 0 and info["activation_memory_mib"] > 0
     history = pd.read_csv(tmp_path / "a" / "history.csv")
     assert history["stage"].tolist() == ["bottleneck"] * 3 + ["finetune"] * 2
-    assert history["lr"].iloc[-1] == pytest.approx(1e-4)
+    # The fine-tune learning rate (1e-4) is the peak of a warm-up then cosine decay: below it by the last epoch.
+    finetune_lr = history[history["stage"] == "finetune"]["lr"]
+    assert 0 < finetune_lr.iloc[-1] < finetune_lr.max() <= 1e-4
     assert history["val_accuracy"].iloc[-1] >= 0.8  # starts from the trained head: good from its first epoch
     assert "activations" in first["phase_seconds"] and "finetune" in first["phase_seconds"]
 
@@ -142,3 +149,88 @@ def test_a_finetune_that_never_beats_its_head_keeps_the_head(workspace, tiny_dat
     check = verify_export(run)
     assert check["same_top1"] == 1.0 and check["max_abs_diff"] < 1e-4
 
+
+
+def test_finetune_learning_rate_warms_up_then_decays_in_a_real_optimizer():
+    """Warm-up over a tenth of the steps (linear, from above 0) to the fine-tune learning rate, then cosine decay
+    to 0 at the last step, as a real Keras SGD optimizer applies it step by step."""
+    from core.tfenv import keras
+    from core.training.finetune_cached import finetune_learning_rate, last_step_lr
+
+    total = 40
+    schedule = finetune_learning_rate(1e-4, total)
+    optimizer = keras.optimizers.SGD(schedule, momentum=0.9)
+    w = keras.Variable(np.ones(3, np.float32))
+    optimizer.build([w])
+    used = []
+    for _ in range(total):
+        optimizer.apply_gradients([(keras.ops.ones_like(w), w)])
+        used.append(last_step_lr(schedule, optimizer))
+    used = np.array(used)
+    peak = int(np.argmax(used))
+    assert peak == schedule.warmup_steps == 4 and used[peak] == pytest.approx(1e-4)
+    assert 0 < used[0] < used[1] < used[peak]                     # warm-up, no step at 0
+    assert np.all(np.diff(used[peak:]) < 0)                       # then decays every step...
+    assert used[-1] < 1e-6 and used[total // 2 + 2] == pytest.approx(0.5e-4, rel=0.1)  # ...a cosine, to ~0
+    # The recipe's constant step is still there (the benchmark's "before"), and one step has no schedule.
+    assert finetune_learning_rate(1e-4, total, "constant") == 1e-4 and finetune_learning_rate(1e-4, 1) == 1e-4
+
+
+def test_the_starting_head_is_calibrated_on_the_augmented_copies(monkeypatch):
+    """Before the top block moves, the head trains on the pooled features of every version the fine-tune feeds it:
+    the originals and the K augmented copies (from the same activations); the previous recipe skips it."""
+    import os
+
+    from core.models import build_head
+    from core.reporting import Reporter
+    from core.tfenv import keras
+    from core.training import finetune_cached
+    from core.training.finetune_cached import PREVIOUS_RECIPE, fit_top, pooled_features
+
+    seen = []
+    real_fit_head = finetune_cached.fit_head
+
+    def spy(head, x, y, x_val, y_val, *args, **kwargs):
+        seen.append((x.copy(), y.copy()))
+        return real_fit_head(head, x, y, x_val, y_val, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_cached, "fit_head", spy)
+    inputs = keras.Input((4, 4, 8))
+    top = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(16, 1)(inputs)))
+    rng = np.random.default_rng(0)
+    versions, n = 3, 12  # the originals and K = 2 augmented copies
+    x = rng.normal(size=(versions, n, 4, 4, 8)).astype(np.float16)
+    y = np.arange(n) % 3
+    x_val, y_val = rng.normal(size=(6, 4, 4, 8)).astype(np.float16), np.arange(6) % 3
+    cfg = TrainConfig(epochs=3, finetune_epochs=2, batch_size=4)
+
+    head = build_head(16, 3, 8, 0.0)
+    start = [w.copy() for w in head.get_weights()]
+    expected = [pooled_features(top, x[v]) for v in range(versions)]  # the top block as it is before it moves
+    with open(os.devnull, "w") as quiet:
+        info = fit_top(top, head, x, y, x_val, y_val, cfg, 3, Reporter(terminal=quiet))
+    (features, labels), = seen
+    assert features.shape == (versions * n, 16) and labels.tolist() == np.tile(y, versions).tolist()
+    for v in range(versions):  # every version's own features, copies included
+        np.testing.assert_allclose(features[v * n:(v + 1) * n], expected[v], atol=1e-5)
+    calibrated = info["calibrated_head"]
+    assert calibrated["n_features"] == versions * n and calibrated["val_loss"] is not None and "kept" in calibrated
+    assert info["schedule"] == "warmup_cosine" and info["steps"] == 2 * 3 and info["warmup_steps"] == 1
+    if info["kept_start"]:  # the start kept is the bottleneck head as it came, not the calibrated one
+        assert all(np.allclose(a, b) for a, b in zip(head.get_weights(), start))
+
+    seen.clear()
+    with open(os.devnull, "w") as quiet:
+        info = fit_top(top, build_head(16, 3, 8, 0.0), x, y, x_val, y_val, cfg, 3, Reporter(terminal=quiet),
+                       PREVIOUS_RECIPE)
+    assert not seen and info["calibrated_head"] is None and info["schedule"] == "constant"
+
+
+def test_top_block_prefixes_count_blocks_down():
+    from core.backbones import BackboneError, top_block_prefixes
+
+    assert top_block_prefixes("efficientnet_lite0") == ("block15_", "head_")
+    assert top_block_prefixes("efficientnet_lite0", 1) == ("block14_", "block15_", "head_")
+    assert top_block_prefixes("vgg16", 2) == ("block3_", "block4_", "block5_")
+    with pytest.raises(BackboneError):
+        top_block_prefixes("vgg16", 5)

@@ -19,6 +19,7 @@ A new backbone is one entry in `_SPECS` below plus one builder module.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_BACKBONE", "BackboneError", "BackboneSpec", "build_feature_extractor",
            "build_imagenet_classifier", "get_backbone", "list_backbones", "set_top_block_trainable",
-           "weights_dir"]
+           "top_block_prefixes", "weights_dir"]
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -83,13 +84,29 @@ def build_imagenet_classifier(name: str) -> keras.Model:
     return get_backbone(name).build_imagenet_classifier()
 
 
-def set_top_block_trainable(extractor: keras.Model, name: str) -> int:
-    """Freeze everything but the top block; BatchNorm stays frozen. Returns trainable params."""
+def top_block_prefixes(name: str, extra_blocks: int = 0) -> tuple[str, ...]:
+    """The layer-name prefixes fine-tuning unfreezes: the registry's top block, and `extra_blocks` more blocks
+    below it (the `blockN_` numbering: block14_ under Lite0's block15_, block4_ under VGG16's block5_)."""
+    prefixes = get_backbone(name).top_block
+    if extra_blocks <= 0:
+        return prefixes
+    numbers = [int(m.group(1)) for p in prefixes if (m := re.fullmatch(r"block(\d+)_", p))]
+    if not numbers:
+        raise BackboneError(f"{name}'s top block {prefixes} has no blockN_ name to count down from.")
+    lowest = min(numbers)
+    if extra_blocks >= lowest:
+        raise BackboneError(f"{name} has only {lowest} blocks below its top one; {extra_blocks} asked.")
+    return tuple(f"block{lowest - k}_" for k in range(extra_blocks, 0, -1)) + prefixes
+
+
+def set_top_block_trainable(extractor: keras.Model, name: str, extra_blocks: int = 0) -> int:
+    """Freeze everything but the top block (and `extra_blocks` blocks below it); BatchNorm stays frozen.
+    Returns trainable params."""
     import numpy as np
 
     from core.tfenv import keras
 
-    prefixes = get_backbone(name).top_block
+    prefixes = top_block_prefixes(name, extra_blocks)
     extractor.trainable = True  # a frozen parent would hide its layers' trainable weights
     matched = False
     for layer in extractor.layers:

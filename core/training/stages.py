@@ -2,9 +2,10 @@
 
     train_scratch           the small convnet, end to end, with augmentation (the baseline)
     train_bottleneck_head   cached backbone features → dense head, in seconds
-    finetune                the backbone's top block + head, SGD with a small learning rate, BatchNorm in inference
-                            mode, augmentation on: on cached activations of the frozen lower part (the default,
-                            core.training.finetune_cached), or on whole images every epoch (`finetune_full`)
+    finetune                the backbone's top block + head, SGD with a small learning rate (warm-up, cosine decay),
+                            BatchNorm in inference mode, augmentation on: on cached activations of the frozen lower
+                            part (the default, core.training.finetune_cached, which first calibrates the head on
+                            the augmented copies' features), or on whole images every epoch (`finetune_full`)
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from core.reporting import Reporter
 from core.runs import Run, check_finetune_source
 from core.tfenv import keras
 from core.training.data import SPLIT_NAMES, SplitData, class_weights
-from core.training.finetune_cached import finetune_on_activations
+from core.training.finetune_cached import finetune_learning_rate, finetune_on_activations
 from core.training.fit import evaluate_on_images, fit_on_images, rounded
 from core.training.head import HeadFitConfig, fit_head
 from core.workspace import features_dir
@@ -148,7 +149,8 @@ def finetune(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData], hea
 
 def finetune_full(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData], head: keras.Model,
                   reporter: Reporter) -> tuple[keras.Model, StageTimes, dict]:
-    """Unfreeze the backbone's top block and train it with the head: SGD(lr, momentum 0.9), augmentation on.
+    """Unfreeze the backbone's top block and train it with the head: SGD(momentum 0.9) with the fine-tune learning
+    rate as the peak of a warm-up then cosine decay, augmentation on.
     Also returns the start's validation scores and the epoch kept, as `fit_top` does for the cached path."""
     spec = get_backbone(cfg.backbone)
     # A fresh copy: fine-tuning the process-wide cached extractor would change the features (and cache entries)
@@ -158,8 +160,11 @@ def finetune_full(cfg: TrainConfig, n_classes: int, splits: dict[str, SplitData]
     reporter.log(f"fine-tuning {n_trainable:,} parameters of {cfg.backbone}'s top block and the head")
     classifier = build_image_classifier(extractor, head)
     model = with_augmentation(classifier, build_augmenter(cfg.augment, seed=cfg.seed))
-    model.compile(optimizer=keras.optimizers.SGD(cfg.finetune_lr, momentum=0.9), loss=loss_for(n_classes),
-                  metrics=["accuracy"])
+    # The cached path's warm-up + cosine decay over every step the epochs could take. (Its head calibration on the
+    # augmented copies' features is not done here: those features would cost a pass of the whole backbone per copy.)
+    steps = int(math.ceil(len(splits["train"]) / cfg.batch_size))
+    lr = finetune_learning_rate(cfg.finetune_lr, cfg.finetune_epochs * steps)
+    model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss=loss_for(n_classes), metrics=["accuracy"])
     # The start (the head on the untouched backbone) is epoch 0: kept when no fine-tune epoch beats it.
     outcome: dict = {"start_val_loss": None, "start_val_accuracy": None}
     start_weights = None
