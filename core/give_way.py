@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator
 _asked: Callable[[], bool] = lambda: False  # noqa: E731
 
 
-class GaveWay(Exception):
-    """Raised inside bonus work when a run is waiting; the work is repeated later, from its start."""
+class GaveWay(BaseException):
+    """Raised inside bonus work when a run is waiting; the work is repeated later, from its start. A BaseException
+    (like GeneratorExit): a signal, not an error, so the bonus work's own `except Exception` never records it as
+    the work's failure."""
 
 
 def give_way_if_asked() -> None:

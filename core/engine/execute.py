@@ -137,13 +137,10 @@ def _after_results(run: Run, model_pending: bool, verify) -> list[tuple[Callable
 def _cross_validate(run: Run) -> None:
     """Small datasets' cross-validated accuracy (seconds, features from the cache): a bonus like the export
     check, after the results, so it never delays them; its failure is reported, never fails the run."""
-    from core.give_way import GaveWay
     from core.training.crossval import cross_validate_run
 
     try:
         cross_validate_run(run)
-    except GaveWay:
-        raise
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         run.update_metrics(cross_validation={"error": friendly_error(exc)})
@@ -168,15 +165,11 @@ def write_run_model(run: Run) -> RunStatus:
 
 def _verify(run: Run, verify) -> None:
     """The export check is a bonus: its failure is reported in metrics.json, never turns a done run failed."""
-    from core.give_way import GaveWay
-
     try:
         check = verify(run)
         if check and check["same_top1"] is not None and check["same_top1"] < 1.0:
             print(f"warning: the saved model disagrees with the app on {1 - check['same_top1']:.0%} of the "
                   f"validation images", file=sys.stderr)
-    except GaveWay:
-        raise
     except Exception as exc:
         run.update_metrics(export_check={"error": friendly_error(exc)})
 

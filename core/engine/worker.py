@@ -180,6 +180,7 @@ class _Worker:
         self.info = WorkerInfo(pid, process_start_time(pid), started_at=time.time())
         self.exiting = False
         self.current: Run | None = None
+        self.waiting = queue.queue_dir()  # listed as it is from here on: a deleted workspace is never made again
         # Model files and export checks of finished runs: done when no run waits (results come first).
         self.deferred: collections.deque[Deferred] = collections.deque()
 
@@ -198,11 +199,10 @@ class _Worker:
         _write_info(self.info)
         print(f"worker {self.info.pid} ready in {self.info.ready_at - self.info.started_at:.1f} s", flush=True)
         idle_since = time.time()
-        waiting = queue.queue_dir()
         while not self.exiting and self.info.runs_done < MAX_RUNS:
-            if not waiting.exists():
+            if not self.waiting.exists():
                 break  # its workspace was deleted (a test's temporary folder, a user tidying up)
-            entry = next(iter(queue.entries(waiting)), None)
+            entry = next(iter(queue.entries(self.waiting)), None)
             if entry is None:
                 if self.deferred and time.time() - idle_since >= self.deferred[0].after_idle:
                     self._run_deferred()
@@ -255,7 +255,7 @@ class _Worker:
         """The oldest deferred job; bonus work in it gives way to a run that is waiting (and is done again later,
         from its start), unless `give_way` is False (the worker is exiting: nothing will wait)."""
         item = self.deferred.popleft()
-        run_waiting = (lambda: bool(queue.entries(queue.queue_dir()))) if give_way else (lambda: False)
+        run_waiting = (lambda: bool(queue.entries(self.waiting))) if give_way else (lambda: False)
         try:
             with giving_way_when(run_waiting):
                 item.job()
