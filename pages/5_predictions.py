@@ -28,7 +28,6 @@ from ui.prediction_views import (
     cell_from_selection,
     clickable_confusion,
     conversion_check_sentence,
-    conversion_is_current,
     export_check_sentence,
     filter_predictions,
     heat_thumb,
@@ -334,7 +333,7 @@ if model_path.exists():  # else the notice above says why it is not there (yet)
         name_col, action_col, check_col = st.columns([2, 2, 5], vertical_alignment="center")
         name_col.markdown(f"**{fmt.title}**  \n{fmt.purpose}")
         with action_col:
-            if conversion_is_current(run, fmt.file):
+            if run.conversion_is_current(fmt.file):
                 path = run.file(fmt.file)
                 st.download_button(fmt.file, functools.partial(path.read_bytes), file_name=f"{stem}-{fmt.file}",
                                    mime=fmt.mime, key=f"pred_dl_{key}",
@@ -354,7 +353,7 @@ if model_path.exists():  # else the notice above says why it is not there (yet)
                 except (ExportError, OSError) as exc:
                     st.error(f"The conversion failed: {md(exc)}")
         with check_col:
-            if conversion_is_current(run, fmt.file):
+            if run.conversion_is_current(fmt.file):
                 kind, sentence = conversion_check_sentence(checks.get(fmt.name))
                 getattr(st, kind)(sentence)
                 if fmt.snippet:  # the web page needs no code: its one line is under its download

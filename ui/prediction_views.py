@@ -160,12 +160,6 @@ def conversion_check_sentence(check: dict | None) -> tuple[str, str]:
     return "warning", words + f" Quantisation or conversion changes {1 - same:.0%} of the answers."
 
 
-def conversion_is_current(run, file_name: str) -> bool:
-    """The converted file exists and is not older than model.keras (a retrained run makes it stale)."""
-    path, model = run.file(file_name), run.model_path
-    return path.exists() and model.exists() and path.stat().st_mtime_ns >= model.stat().st_mtime_ns
-
-
 # ------------------------------------------------------------------------------------------- the model file
 def model_file_ready(run, key: str) -> bool:
     """True when the run's model.keras is on disk; otherwise says why (and what to do) and returns False.

@@ -57,9 +57,8 @@ def runtime_files(vendor: Path | None = None) -> tuple[Path, Path]:
 def export_web(run: Run, out_path: Path) -> Path:
     """Write `run`'s page: its ONNX model (the run's model.onnx when it is current, else converted now) inside."""
     js, wasm = runtime_files()  # before a conversion of tens of seconds
-    onnx_file = run.file(Run.ONNX)
-    if onnx_file.exists() and onnx_file.stat().st_mtime_ns >= run.model_path.stat().st_mtime_ns:
-        model = onnx_file.read_bytes()
+    if run.conversion_is_current(Run.ONNX):
+        model = run.file(Run.ONNX).read_bytes()
     else:
         from core.export.onnx import export_onnx
 

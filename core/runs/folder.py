@@ -263,6 +263,12 @@ class Run:
         data = fsutil.read_json(self.file(self.EXPORTS), {})
         return data if isinstance(data, dict) else {}
 
+    def conversion_is_current(self, name: str) -> bool:
+        """The converted file `name` (model.onnx, model.tflite, …) exists and is not older than model.keras (a
+        retrained run makes it stale)."""
+        path, model = self.file(name), self.model_path
+        return path.exists() and model.exists() and path.stat().st_mtime_ns >= model.stat().st_mtime_ns
+
     def predictions(self) -> pd.DataFrame | None:
         """predictions.csv with its names and labels as text and `correct` recomputed from them; None if absent.
         Raises OSError/ValueError when the file cannot be parsed."""
