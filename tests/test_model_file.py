@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -41,7 +42,11 @@ def _model_agrees_with_predictions(run_dir) -> None:
 
 def test_bottleneck_run_is_done_before_its_model_file_which_follows(workspace, tiny_dataset):
     run = create_run(TrainConfig(data=str(tiny_dataset), mode="bottleneck", epochs=3))
+    handler_before = signal.getsignal(signal.SIGTERM)
     status = execute_run(run)
+    # During the run SIGTERM asked it to stop; after it, the process's own handler is back (a SIGTERM to this
+    # process stopped a later test's run before).
+    assert signal.getsignal(signal.SIGTERM) is handler_before
     assert status.state == "done" and status.model_file == "ready", status
     assert status.finished_at < status.model_written_at
     assert run.has_model() and run.model_file_state() == "ready"

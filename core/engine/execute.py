@@ -70,8 +70,9 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
     pid = os.getpid()
     run.update_status(pid=pid, pid_start=process_start_time(pid), executor=executor, host=socket.gethostname(),
                       node=node)
-    if handle_sigterm:  # SIGTERM (kill, a closing terminal, a stopping service) becomes a polite stop request
-        signal.signal(signal.SIGTERM, lambda *_: run.file(Run.STOP).touch())
+    # SIGTERM (kill, a closing terminal, a stopping service) becomes a polite stop request, for this run only: the
+    # process's own handler is back when it returns (else a later SIGTERM would stop a finished run, not the process).
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: run.file(Run.STOP).touch()) if handle_sigterm else None
     from core.features import StopRequested  # imports TensorFlow: keep it out of the module's import time
     from core.reporting import Reporter
     from core.training import train, verify_export
@@ -105,6 +106,9 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
     except Exception as exc:  # the run's outcome is recorded whatever went wrong
         _log_traceback(run)
         return run.update_status(state="failed", phase="failed", finished_at=time.time(), error=friendly_error(exc))
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 def _log_traceback(run: Run) -> None:
