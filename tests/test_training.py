@@ -200,3 +200,15 @@ def test_the_numpy_head_takes_the_step_keras_would(workspace):
         for ours, theirs in zip(net.weights, head.get_weights()):
             np.testing.assert_allclose(ours, theirs, atol=2e-5)
 
+
+def test_history_of_fast_epochs_is_written_in_batches_and_complete_at_the_end(workspace, tmp_path):
+    from core.reporting import Reporter
+
+    run = create_run(TrainConfig(data=str(tmp_path)), tmp_path / "run")
+    reporter = Reporter(run, history_interval=3600)
+    for epoch in range(1, 6):
+        reporter.epoch({"epoch": epoch, "stage": "bottleneck", "loss": 1.0 / epoch, "accuracy": 0.5, "val_loss": None,
+                        "val_accuracy": None, "lr": 0.001, "seconds": 0.01})
+    assert run.history()["epoch"].tolist() == [1]  # the first at once, the rest held back …
+    reporter.finish()
+    assert run.history()["epoch"].tolist() == [1, 2, 3, 4, 5]  # … and written when the training ends
