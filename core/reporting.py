@@ -1,7 +1,9 @@
 """Where training progress goes: the run folder (for the UI) and, on the command line, the terminal.
 
 Recording is kept apart from training: the training code calls `phase`, `progress`, `epoch` and `log`;
-this class decides what to write and how often (status.json at most every 0.25 s, history on every epoch).
+this class decides what to write and how often: status.json at most every 0.25 s, history.csv at most every 0.2 s
+(the first epoch at once; what is left when a phase ends, when the run ends or fails). A head on cached features
+runs an epoch every ~15 ms: an fsynced line per epoch cost more than the epoch.
 """
 from __future__ import annotations
 
@@ -13,11 +15,15 @@ from core.runs import Run
 
 
 class Reporter:
-    def __init__(self, run: Run | None = None, terminal: TextIO | None = None, min_interval: float = 0.25):
+    def __init__(self, run: Run | None = None, terminal: TextIO | None = None, min_interval: float = 0.25,
+                 history_interval: float = 0.2):
         self.run = run
         self.terminal = terminal
         self.min_interval = min_interval
+        self.history_interval = history_interval
         self.history: list[dict] = []
+        self._unwritten: list[dict] = []  # epochs not yet in history.csv
+        self._history_written = 0.0
         self._last_write = 0.0
         self._phase = ""
         self._phase_started = time.time()
@@ -26,6 +32,7 @@ class Reporter:
 
     # -------------------------------------------------------------------------------- what training calls
     def phase(self, name: str, message: str) -> None:
+        self.flush_history()
         self._close_phase()
         self._phase, self._phase_started = name, time.time()
         self._end_bar()
@@ -46,7 +53,9 @@ class Reporter:
     def epoch(self, row: dict) -> None:
         self.history.append(row)
         if self.run:
-            self.run.append_history(row)
+            self._unwritten.append(row)
+            if time.time() - self._history_written >= self.history_interval:
+                self.flush_history()
         if self.terminal:
             self._end_bar()
             parts = [f"{row['stage']:>10} epoch {row['epoch']:3d}"]
@@ -65,8 +74,16 @@ class Reporter:
             elapsed = time.time() - self._phase_started
             self.phase_seconds[self._phase] = round(self.phase_seconds.get(self._phase, 0.0) + elapsed, 3)
 
+    def flush_history(self) -> None:
+        """Write the epochs not yet in history.csv."""
+        if self.run and self._unwritten:
+            self.run.append_history(*self._unwritten)
+            self._unwritten.clear()
+            self._history_written = time.time()
+
     def finish(self) -> dict[str, float]:
         """Close the current phase; returns seconds per phase."""
+        self.flush_history()
         self._close_phase()
         self._phase = ""
         return self.phase_seconds

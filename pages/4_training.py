@@ -41,8 +41,8 @@ dataset = current_dataset()
 counts = dataset.counts()
 
 
-def settings_form() -> tuple[TrainConfig, str] | None:
-    """The training settings, with the recipe's defaults; returns a config when Start is pressed."""
+def settings_form() -> None:
+    """The training settings, with the recipe's defaults, and Start."""
     defaults = TrainConfig()
     left, right = st.columns([3, 2])
     with left:
@@ -75,10 +75,10 @@ def settings_form() -> tuple[TrainConfig, str] | None:
                        "unless augmented copies are cached below)"))
         if st.session_state.pop("_train_name_used", False):  # a started run took the name: a new run, a new one
             st.session_state["train_name"] = ""
-        name = st.text_input("Name (optional)", key="train_name",
-                             placeholder=f"left empty: {mode} · {dataset.root.name} · {time.strftime('%H:%M')}",
-                             help="A name to find this run by on the Predictions and Runs pages. Left empty, the "
-                                  "run is called after its mode, dataset and start time.")
+        st.text_input("Name (optional)", key="train_name",
+                      placeholder=f"left empty: {mode} · {dataset.root.name} · {time.strftime('%H:%M')}",
+                      help="A name to find this run by on the Predictions and Runs pages. Left empty, the run is "
+                           "called after its mode, dataset and start time.")
 
     with st.expander("Settings (the recipe's defaults are a good start)"):
         c1, c2, c3 = st.columns(3)
@@ -86,60 +86,76 @@ def settings_form() -> tuple[TrainConfig, str] | None:
                                  on_change=keep_choice, args=("epochs", "train_epochs"),
                                  help="Passes over the training images. Training stops early when validation "
                                       "stops improving, keeping the best epoch.")
-        batch_size = c1.select_slider("Batch size", [4, 8, 16, 32, 64], defaults.batch_size, key="train_batch",
-                                      help="Images per learning step.")
-        lr = c2.select_slider("Learning rate", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], defaults.lr, key="train_lr",
-                              format_func=lambda v: f"{v:g}", help="Step size of learning (Adam).")
-        dropout = c2.slider("Dropout", 0.0, 0.8, defaults.dropout, 0.05, key="train_dropout",
-                            help="Randomly silences this fraction of the classifier during training, against "
-                                 "memorising the few photos.")
-        units = c3.select_slider("Classifier size", [64, 128, 256, 512], defaults.dense_units, key="train_units",
-                                 help="Neurons in the small classifier on top.")
-        patience = c3.number_input("Patience", 1, 100, defaults.patience, key="train_patience",
-                                   help="Epochs without improvement before stopping early.")
-        balanced = c3.checkbox("Balance classes", True, key="train_balanced",
-                               help="Give small classes as much weight as large ones.")
-        finetune_epochs, finetune_lr, copies = defaults.finetune_epochs, defaults.finetune_lr, 0
-        finetune_full = defaults.finetune_full
+        c1.select_slider("Batch size", [4, 8, 16, 32, 64], defaults.batch_size, key="train_batch",
+                         help="Images per learning step.")
+        c2.select_slider("Learning rate", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], defaults.lr, key="train_lr",
+                         format_func=lambda v: f"{v:g}", help="Step size of learning (Adam).")
+        c2.slider("Dropout", 0.0, 0.8, defaults.dropout, 0.05, key="train_dropout",
+                  help="Randomly silences this fraction of the classifier during training, against memorising "
+                       "the few photos.")
+        c3.select_slider("Classifier size", [64, 128, 256, 512], defaults.dense_units, key="train_units",
+                         help="Neurons in the small classifier on top.")
+        c3.number_input("Patience", 1, 100, defaults.patience, key="train_patience",
+                        help="Epochs without improvement before stopping early.")
+        c3.checkbox("Balance classes", True, key="train_balanced",
+                    help="Give small classes as much weight as large ones.")
+        # Start reads what these widgets hold from their session state, in its callback (config_from_widgets).
         if mode == "finetune":
-            finetune_epochs = c1.number_input("Fine-tuning epochs", 1, 200, defaults.finetune_epochs,
-                                              key="train_ft_epochs")
-            finetune_lr = c2.select_slider("Fine-tuning learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
-                                           defaults.finetune_lr, key="train_ft_lr", format_func=lambda v: f"{v:g}",
-                                           help="Small on purpose (SGD, momentum 0.9): big steps would wreck "
-                                                "what the network learned from ImageNet.")
-            finetune_full = c3.checkbox("Fine-tune on full images (slower)", defaults.finetune_full,
-                                        key="train_ft_full",
-                                        help="Off: the network's frozen lower part runs once per photo and a few "
-                                             "augmented copies (cached for later runs), and only its last block "
-                                             "trains on that. On: every photo goes through the whole network in "
-                                             "every epoch, freshly augmented.")
+            c1.number_input("Fine-tuning epochs", 1, 200, defaults.finetune_epochs, key="train_ft_epochs")
+            c2.select_slider("Fine-tuning learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], defaults.finetune_lr,
+                             key="train_ft_lr", format_func=lambda v: f"{v:g}",
+                             help="Small on purpose (SGD, momentum 0.9): big steps would wreck what the network "
+                                  "learned from ImageNet.")
+            c3.checkbox("Fine-tune on full images (slower)", defaults.finetune_full, key="train_ft_full",
+                        help="Off: the network's frozen lower part runs once per photo and a few augmented copies "
+                             "(cached for later runs), and only its last block trains on that. On: every photo goes "
+                             "through the whole network in every epoch, freshly augmented.")
         if mode == "bottleneck":
-            copies = c2.number_input("Augmented copies", 0, 20, 0, key="train_copies",
-                                     help="Also cache the features of this many augmented versions of each "
-                                          "training photo: augmentation without losing the speed of caching.")
+            c2.number_input("Augmented copies", 0, 20, 0, key="train_copies",
+                            help="Also cache the features of this many augmented versions of each training photo: "
+                                 "augmentation without losing the speed of caching.")
 
     set_choices(mode=mode, backbone=backbone, epochs=int(epochs))  # whatever the widgets show is the choice
-    if not st.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start"):
-        return None
+    # The run is created and queued in Start's callback, which Streamlit runs before the page script: the run
+    # folder (the click's time) exists as soon as the click reaches the server, and the worker starts while the
+    # page is still being drawn, with the new run already on top (no second script run).
+    st.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start", on_click=start)
+    if problem := st.session_state.pop("_train_start_error", None):
+        st.error(problem)
+    return None
+
+
+def config_from_widgets() -> TrainConfig:
+    """The config the settings widgets show (their session state: read in Start's callback). Raises ConfigError."""
+    get, defaults = st.session_state.get, TrainConfig()
+    mode = get("train_mode", st.session_state["mode"])
+    finetune = mode == "finetune"
+    return TrainConfig(
+        data=str(dataset_path()), val_split=st.session_state["val_split"],
+        test_split=st.session_state["test_split"], seed=st.session_state["seed"], mode=mode,
+        backbone=get("train_backbone", st.session_state["backbone"]),
+        dense_units=get("train_units", defaults.dense_units),
+        dropout=get("train_dropout", defaults.dropout), epochs=int(get("train_epochs", st.session_state["epochs"])),
+        batch_size=get("train_batch", defaults.batch_size), lr=get("train_lr", defaults.lr),
+        finetune_epochs=int(get("train_ft_epochs", defaults.finetune_epochs) if finetune else defaults.finetune_epochs),
+        finetune_lr=get("train_ft_lr", defaults.finetune_lr) if finetune else defaults.finetune_lr,
+        finetune_full=bool(get("train_ft_full", defaults.finetune_full) if finetune else defaults.finetune_full),
+        class_weights="balanced" if get("train_balanced", True) else "none",
+        patience=int(get("train_patience", defaults.patience)),
+        augment_copies=int(get("train_copies", 0) if mode == "bottleneck" else 0), augment=augment_config())
+
+
+def start() -> None:
+    """Start's on_click: create the run folder and queue it; a problem is said under the button."""
     try:
-        return TrainConfig(
-            data=str(dataset_path()), val_split=st.session_state["val_split"],
-            test_split=st.session_state["test_split"], seed=st.session_state["seed"], mode=mode, backbone=backbone,
-            dense_units=units, dropout=dropout, epochs=int(epochs), batch_size=batch_size, lr=lr,
-            finetune_epochs=int(finetune_epochs), finetune_lr=finetune_lr, finetune_full=bool(finetune_full),
-            class_weights="balanced" if balanced else "none", patience=int(patience), augment_copies=int(copies),
-            augment=augment), name
+        config = config_from_widgets()
     except ConfigError as exc:
-        st.error(f"Check the settings: {exc}")
-        return None
-
-
-def start(config: TrainConfig, name: str) -> None:
+        st.session_state["_train_start_error"] = f"Check the settings: {exc}"
+        return
     try:
-        run = submit(create_run(config, name=name))
+        run = submit(create_run(config, name=st.session_state.get("train_name", "")))
     except (FewShotError, OSError) as exc:
-        st.error(f"The training could not start: {exc}")
+        st.session_state["_train_start_error"] = f"The training could not start: {exc}"
         return
     st.session_state["watch_run"] = run.id
     st.session_state["_train_name_used"] = True
@@ -176,17 +192,24 @@ def _eta(status: RunStatus) -> str:
     return f" · about {remaining:.0f} s left in this phase"
 
 
-def live_view(run: Run, polling: bool) -> None:
-    status = run.status()
+# How often the page looks at an active run's folder (status.json: a small read). A bottleneck run on cached
+# features is done in about a second, so the poll is a good part of what the user waits for: five times a second.
+# Scratch and fine-tune runs take minutes: twice a second is plenty. The charts (history.csv, two figures) follow
+# once a second; a finished run is drawn once.
+FAST_POLL_SECONDS = 0.2
+SLOW_POLL_SECONDS = 0.5
+CHART_POLL_SECONDS = 1.0
+
+HEADERS = {"queued": ":material/hourglass_top: Waiting", "running": ":material/directions_run: Training",
+           "done": ":green[:material/check_circle:] Finished", "failed": ":red[:material/error:] Failed",
+           "stopped": ":material/stop_circle: Stopped"}
+
+
+def run_panel(run: Run, status: RunStatus) -> None:
+    """The run's header and its state: progress and Stop while active, the error, or the results."""
     state = status.state
-    if polling and state not in ACTIVE_STATES:
-        st.rerun(scope="app")  # finished: redraw the whole page once, then stop polling
-    history = run.history()
     from_click = status.seconds_from_click(time.time()) or 0.0
-    header = {"queued": ":material/hourglass_top: Waiting", "running": ":material/directions_run: Training",
-              "done": ":green[:material/check_circle:] Finished", "failed": ":red[:material/error:] Failed",
-              "stopped": ":material/stop_circle: Stopped"}.get(state, state)
-    st.subheader(f"{header}: {md(run_title(run))}")  # "Finished" stays first: shared/tools/loop_latency.py
+    st.subheader(f"{HEADERS.get(state, state)}: {md(run_title(run))}")  # "Finished" first: shared/tools/loop_latency.py
     st.caption(f"On {md(run_dataset_title(run))} · run `{run.id}`")
     if state in ACTIVE_STATES:
         st.progress(float(status.progress or 0.0),
@@ -226,20 +249,45 @@ def live_view(run: Run, polling: bool) -> None:
         if run.has_results():
             st.page_link("pages/5_predictions.py", label="See what the model got right and wrong",
                          icon=":material/grid_view:")
+
+
+def charts(run: Run, active: bool) -> None:
+    history = run.history()
     if not history.empty:
         left, right = st.columns(2)
         left.plotly_chart(history_figure(history, "loss"), key=f"loss_{run.id}")
         right.plotly_chart(history_figure(history, "accuracy"), key=f"acc_{run.id}")
-    elif state in ACTIVE_STATES:
+    elif active:
         st.caption("The charts appear when the first epoch ends.")
 
 
+def live_panel(run: Run) -> None:
+    """Polled while the run is active; only this fragment redraws (the page around it stays). The poll that finds
+    the run ended draws its results right here, then the whole page once (charts, Try it, the open settings),
+    which stops the polling."""
+    status = run.status()
+    run_panel(run, status)
+    if not status.active:
+        st.rerun(scope="app")
+
+
+def live_charts(run: Run) -> None:
+    charts(run, active=True)
+
+
 def show_run(run: Run) -> None:
-    active = run.status().state in ACTIVE_STATES
-    # Poll the run folder every second while it trains; a finished run is drawn once.
-    # Twice a second: a warm retrain is done in about a second, and the poll is part of what the user waits for.
-    st.fragment(live_view, run_every=0.5 if active else None)(run, active)
-    if not active and run.has_results():
+    status = run.status()
+    if status.active:
+        try:
+            fast = run.config().mode == "bottleneck"
+        except FewShotError:  # a damaged config.json: the run says so when it fails
+            fast = False
+        st.fragment(live_panel, run_every=FAST_POLL_SECONDS if fast else SLOW_POLL_SECONDS)(run)
+        st.fragment(live_charts, run_every=CHART_POLL_SECONDS)(run)
+        return
+    run_panel(run, status)
+    charts(run, active=False)
+    if run.has_results():
         try_now(run)
 
 
@@ -262,14 +310,9 @@ if on_top:
     # Folded while a run trains (its curves are what matters); open once it ended, so the next Start is one click.
     with st.expander("Start another training" + (" (it waits until this one ends)" if running_now else ""),
                      expanded=not running_now):
-        result = settings_form()
+        settings_form()
 else:
-    result = settings_form()
-if result:
-    start(*result)
-    run = watched_run()
-    if run is not None:
-        st.rerun()  # redraw with the new run on top
+    settings_form()
 if run is not None and not on_top:
     st.divider()
     show_run(run)

@@ -155,3 +155,60 @@ def test_tflite_export_matches_keras(demo_run, tmp_path):
     lite = interpreter.get_tensor(outp["index"])
     keras_out = load_model(demo_run / "model.keras")(x, training=False).numpy()
     np.testing.assert_allclose(lite, keras_out, atol=1e-4)
+
+
+def test_a_reused_head_starts_from_the_weights_a_new_one_gets(workspace):
+    """The bottleneck path keeps one Keras head per shape and resets it: the same start as building a new one after
+    seeding, whatever ran before it in the process (here: a head of another seed, then a trained one)."""
+    from core.config import TrainConfig
+    from core.models import build_head
+    from core.tfenv import keras
+    from core.training.stages import fresh_head
+
+    for seed in (3, 0, 3):
+        cfg = TrainConfig(seed=seed, dense_units=8, dropout=0.5)
+        head = fresh_head(16, 3, cfg, reuse=True)
+        keras.utils.set_random_seed(seed)
+        expected = build_head(16, 3, 8, 0.5).get_weights()
+        assert all((a == b).all() for a, b in zip(head.get_weights(), expected))
+        head.set_weights([w + 1 for w in head.get_weights()])  # as training would change it
+
+
+def test_the_numpy_head_takes_the_step_keras_would(workspace):
+    """core.training.head trains the head in NumPy: with dropout off, a few Adam steps on a weighted batch land
+    where Keras' Adam on the Keras head, with the loss Keras computes, lands (softmax and sigmoid heads)."""
+    from core.models import build_head
+    from core.tfenv import keras, tf
+    from core.training.head import _Head
+
+    rng = np.random.default_rng(0)
+    for n_classes in (3, 2):
+        keras.utils.set_random_seed(1)
+        head = build_head(12, n_classes, 8, 0.0)
+        net = _Head(head)
+        x = rng.normal(size=(6, 12)).astype(np.float32)
+        y = np.arange(6) % n_classes
+        w = np.array([1.0, 2.0, 0.5, 1.0, 1.5, 1.0], np.float32)
+        loss_fn = keras.losses.BinaryCrossentropy() if n_classes == 2 else keras.losses.SparseCategoricalCrossentropy()
+        optimizer = keras.optimizers.Adam(1e-2)
+        for _ in range(3):
+            net.train_step(x, y, w, 1e-2, rng)
+            with tf.GradientTape() as tape:
+                target = y.reshape(-1, 1).astype(np.float32) if n_classes == 2 else y
+                loss = loss_fn(target, head(x, training=True), sample_weight=w)
+            optimizer.apply_gradients(zip(tape.gradient(loss, head.trainable_variables), head.trainable_variables))
+        for ours, theirs in zip(net.weights, head.get_weights()):
+            np.testing.assert_allclose(ours, theirs, atol=2e-5)
+
+
+def test_history_of_fast_epochs_is_written_in_batches_and_complete_at_the_end(workspace, tmp_path):
+    from core.reporting import Reporter
+
+    run = create_run(TrainConfig(data=str(tmp_path)), tmp_path / "run")
+    reporter = Reporter(run, history_interval=3600)
+    for epoch in range(1, 6):
+        reporter.epoch({"epoch": epoch, "stage": "bottleneck", "loss": 1.0 / epoch, "accuracy": 0.5, "val_loss": None,
+                        "val_accuracy": None, "lr": 0.001, "seconds": 0.01})
+    assert run.history()["epoch"].tolist() == [1]  # the first at once, the rest held back …
+    reporter.finish()
+    assert run.history()["epoch"].tolist() == [1, 2, 3, 4, 5]  # … and written when the training ends

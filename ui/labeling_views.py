@@ -360,8 +360,14 @@ def retrain_status(key: str) -> None:
         st.session_state.pop(f"{key}_started", None)
         return
     active = new.status().state in ACTIVE_STATES
-    # Poll while it trains; once it ends the fragment reruns the page, so the new run is listed everywhere.
-    st.fragment(_retrain_progress, run_every=0.5 if active else None)(new, active, key)
+    # Poll while it trains (a bottleneck retrain takes about a second: five times a second, as the Training page
+    # does); the poll that finds it ended shows the result at once, then reruns the page, so the new run is listed
+    # everywhere.
+    try:
+        poll = 0.2 if new.config().mode == "bottleneck" else 0.5
+    except FewShotError:  # a damaged config.json: the run fails and says so
+        poll = 0.5
+    st.fragment(_retrain_progress, run_every=poll if active else None)(new, active, key)
 
 
 def _retrain_progress(new: Run, was_active: bool, key: str) -> None:
@@ -372,8 +378,13 @@ def _retrain_progress(new: Run, was_active: bool, key: str) -> None:
                     text=f"Retraining `{new.id}`: {status.message or state}…")
         st.page_link("pages/4_training.py", label="Watch its curves", icon=":material/monitoring:")
         return
+    _retrain_result(new, status, key)
     if was_active:
-        st.rerun()  # the whole page: the finished run joins the run lists
+        st.rerun()  # after the result is on screen: the whole page, so the finished run joins the run lists
+
+
+def _retrain_result(new: Run, status, key: str) -> None:
+    state = status.state
     if state != "done" or not new.has_results():
         st.error(f"The retraining `{new.id}` ended {state}: {md(status.error or status.message)}")
         st.page_link("pages/4_training.py", label="See it on the Training page", icon=":material/monitoring:")

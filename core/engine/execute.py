@@ -101,14 +101,25 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
                 step()
         return run.status()
     except (StopRequested, _StoppedWhileQueued):
+        _flush_history(reporter)
         return run.update_status(state="stopped", phase="stopped", finished_at=time.time(),
                                  message="stopped before any training epoch; no model was saved")
     except Exception as exc:  # the run's outcome is recorded whatever went wrong
+        _flush_history(reporter)
         _log_traceback(run)
         return run.update_status(state="failed", phase="failed", finished_at=time.time(), error=friendly_error(exc))
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _flush_history(reporter) -> None:
+    """The epochs a failed or stopped run still held back (history.csv is written at most every 0.2 s); a full disk
+    must not stop its end being recorded."""
+    try:
+        reporter.flush_history()
+    except OSError:
+        pass
 
 
 def _log_traceback(run: Run) -> None:

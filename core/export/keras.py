@@ -55,6 +55,7 @@ def predict_files(model: keras.Model, paths: Sequence[str | Path], batch_size: i
 
     def flush() -> None:
         if batch:
+            give_way_if_asked()  # the export check, in the warm worker: a waiting run goes first
             probs[index] = forward(np.stack(batch)).numpy()
             batch.clear()
             index.clear()

@@ -352,11 +352,12 @@ class Run:
     def stop_requested(self) -> bool:
         return self.file(self.STOP).exists()
 
-    def append_history(self, row: dict) -> None:
+    def append_history(self, *rows: dict) -> None:
+        """Append epochs' rows to history.csv (one write and one fsync for all of them)."""
         path = self.file(self.HISTORY)
-        if not path.exists():
-            fsutil.append_line(path, ",".join(HISTORY_COLUMNS))
-        fsutil.append_line(path, ",".join("" if row.get(c) is None else str(row.get(c)) for c in HISTORY_COLUMNS))
+        lines = [] if path.exists() else [",".join(HISTORY_COLUMNS)]
+        lines += [",".join("" if row.get(c) is None else str(row.get(c)) for c in HISTORY_COLUMNS) for row in rows]
+        fsutil.append_lines(path, lines)
 
     def write_split(self, split: dict) -> None:
         fsutil.atomic_write_json(self.file(self.SPLIT), split)

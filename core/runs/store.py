@@ -1,6 +1,7 @@
 """The runs folder: create, find, list and delete runs, and the table the Runs page shows."""
 from __future__ import annotations
 
+import functools
 import platform
 import secrets
 import shutil
@@ -24,7 +25,8 @@ class RunError(FewShotError):
     """A run that cannot be created, found or started."""
 
 
-def library_versions() -> dict[str, str]:
+@functools.lru_cache(maxsize=1)  # installed packages do not change under a running process; ~15-80 ms a lookup
+def _library_versions() -> tuple[tuple[str, str], ...]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
@@ -33,7 +35,11 @@ def library_versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             pass
-    return out
+    return tuple(out.items())
+
+
+def library_versions() -> dict[str, str]:
+    return dict(_library_versions())
 
 
 def new_run_id(mode: str) -> str:

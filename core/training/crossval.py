@@ -24,7 +24,7 @@ from core.models import build_head
 from core.runs import Run
 from core.tfenv import keras
 from core.training.data import class_weights
-from core.training.head import HeadFitConfig, fit_head
+from core.training.head import HeadFitConfig, fit_head, head_probabilities
 from core.workspace import features_dir
 
 CV_MAX_PHOTOS = 500  # above this, one validation split is large enough and k heads cost more than they tell
@@ -78,7 +78,7 @@ def cross_validate_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: Train
         fit_head(head, x[kept], y[kept], x[held], y[held],
                  HeadFitConfig(cfg.epochs, cfg.batch_size, cfg.lr, cfg.patience if cfg.early_stopping else None,
                                cfg.seed + fold), weights)
-        p = two_column(head(x[held], training=False).numpy())
+        p = two_column(head_probabilities(head, x[held]))
         probs[held] = p
         accs.append(float((p.argmax(axis=1) == y[held]).mean()))
         sizes.append(int(held.sum()))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from core.export import check_export, save_model
 from core.features import cached_extractor
+from core.give_way import give_way_if_asked
 from core.models import build_export_model, build_image_classifier
 from core.runs import Run
 from core.training.stages import TrainingError, saved_head
@@ -20,8 +21,12 @@ def write_model_file(run: Run) -> Path:
     if cfg.mode == "scratch" or run.was_finetuned() or not classes or not run.has_head():
         raise TrainingError(f"Run {run.id} has no trained head on a frozen backbone to build a model file "
                             f"from; train it again.")
-    body = build_image_classifier(cached_extractor(cfg.backbone)[0], saved_head(run, len(classes)))
-    save_model(build_export_model(body, cfg.input_size(), len(classes)), run.model_path)
+    extractor = cached_extractor(cfg.backbone)[0]  # built once per process: seconds, the first time
+    give_way_if_asked()  # in the warm worker, a run that waits goes first; the file is written after it
+    body = build_image_classifier(extractor, saved_head(run, len(classes)))
+    model = build_export_model(body, cfg.input_size(), len(classes))
+    give_way_if_asked()  # the save (~1.5 s, Keras' own code) cannot be cut short: the last chance to let it by
+    save_model(model, run.model_path)
     return run.model_path
 
 

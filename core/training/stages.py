@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from core.activations import CutError
 from core.augment import build_augmenter
 from core.backbones import build_feature_extractor, get_backbone, set_top_block_trainable
 from core.config import TrainConfig
+from core.datasets import content_key
 from core.errors import FewShotError
 from core.features import extract_features
 from core.models import build_head, build_image_classifier, build_scratch_body, loss_for, with_augmentation
@@ -28,7 +30,7 @@ from core.tfenv import keras
 from core.training.data import SPLIT_NAMES, SplitData, class_weights
 from core.training.finetune_cached import finetune_learning_rate, finetune_on_activations
 from core.training.fit import evaluate_on_images, fit_on_images, rounded
-from core.training.head import HeadFitConfig, fit_head
+from core.training.head import HeadFitConfig, fit_head, head_probabilities
 from core.workspace import features_dir
 
 
@@ -66,7 +68,7 @@ def train_bottleneck_head(cfg: TrainConfig, n_classes: int, splits: dict[str, Sp
     started = time.perf_counter()
     result = extract_features(all_paths, cfg.backbone, features_dir(),
                               progress=lambda d, t: reporter.progress(d, t, f"extracting features: {d}/{t} images"),
-                              should_stop=reporter.should_stop)
+                              should_stop=reporter.should_stop, keys=_content_keys(all_paths))
     times.n_extracted += result.n_extracted
     feats, offset = {}, 0
     for s in SPLIT_NAMES:
@@ -93,7 +95,7 @@ def train_bottleneck_head(cfg: TrainConfig, n_classes: int, splits: dict[str, Sp
     times.extract_seconds += time.perf_counter() - started
 
     keras.utils.set_random_seed(cfg.seed)
-    head = build_head(spec.feature_dim, n_classes, cfg.dense_units, cfg.dropout)
+    head = fresh_head(spec.feature_dim, n_classes, cfg, reuse=cfg.mode == "bottleneck")
     has_val = len(splits["val"]) > 0
     weights = class_weights(y_train, n_classes) if cfg.class_weights == "balanced" else None
     reporter.phase("bottleneck", f"bottleneck: epoch 1 of {cfg.epochs}")
@@ -111,8 +113,40 @@ def train_bottleneck_head(cfg: TrainConfig, n_classes: int, splits: dict[str, Sp
              HeadFitConfig(cfg.epochs, cfg.batch_size, cfg.lr, cfg.patience if cfg.early_stopping else None,
                            cfg.seed), weights, on_epoch)
     times.train_seconds += time.perf_counter() - started
-    probs = {s: head(feats[s], training=False).numpy() if len(splits[s]) else np.zeros((0, 1)) for s in feats}
+    probs = {s: head_probabilities(head, feats[s]) if len(splits[s]) else np.zeros((0, 1)) for s in feats}
     return HeadResult(head, probs, times)
+
+
+def _content_keys(paths) -> list[str] | None:
+    """The feature cache's keys (content hashes) of `paths`, memoised like the scan's (which just read them), or
+    None (extract_features hashes them itself) when a file is gone since the scan: it says which."""
+    try:
+        return [content_key(p) for p in paths]
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _initial_head_weights(seed: int, feature_dim: int, n_classes: int, units: int, dropout: float) -> tuple:
+    keras.utils.set_random_seed(seed)
+    return tuple(build_head(feature_dim, n_classes, units, dropout).get_weights())
+
+
+@functools.lru_cache(maxsize=4)
+def _reused_head(feature_dim: int, n_classes: int, units: int, dropout: float) -> keras.Model:
+    return build_head(feature_dim, n_classes, units, dropout)
+
+
+def fresh_head(feature_dim: int, n_classes: int, cfg: TrainConfig, reuse: bool = False) -> keras.Model:
+    """The dense head as `build_head` makes it after `keras.utils.set_random_seed(cfg.seed)`: the same initial
+    weights. With `reuse` (a bottleneck run, whose head is only trained and saved), one Keras head per shape is
+    kept and its weights reset, as building one costs 0.1-0.5 s on a loaded laptop: a good part of a warm retrain.
+    A fine-tune changes its head inside a bigger model, so it gets a new one."""
+    if not reuse:
+        return build_head(feature_dim, n_classes, cfg.dense_units, cfg.dropout)
+    head = _reused_head(feature_dim, n_classes, cfg.dense_units, cfg.dropout)
+    head.set_weights(list(_initial_head_weights(cfg.seed, feature_dim, n_classes, cfg.dense_units, cfg.dropout)))
+    return head
 
 
 def saved_head(run: Run, n_classes: int) -> keras.Model:
