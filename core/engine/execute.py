@@ -137,6 +137,7 @@ def _log_traceback(run: Run) -> None:
 # How long the warm worker's queue must have been empty before it starts each step (seconds): a user who fixes
 # labels and clicks Retrain right after a run must find the worker free, not inside a step that cannot be cut.
 MODEL_FILE_IDLE_SECONDS = 2.0   # ~1 s (quiet) to ~3 s (loaded); needed to predict new photos and to download
+CROSSVAL_IDLE_SECONDS = 2.0     # it gives way between folds (~1 s each): no longer wait needed
 CHECK_IDLE_SECONDS = 10.0       # the export check reloads model.keras: ~3 s that cannot be cut short
 
 
@@ -145,7 +146,7 @@ def _after_results(run: Run, model_pending: bool, verify) -> list[tuple[Callable
     file, then the bonus work, which gives way to a waiting run (core.give_way): the cross-validation first (it
     gives way between folds, ~1 s each), the export check last."""
     steps = [(functools.partial(write_run_model, run), MODEL_FILE_IDLE_SECONDS)] if model_pending else []
-    return steps + [(functools.partial(_cross_validate, run), MODEL_FILE_IDLE_SECONDS),
+    return steps + [(functools.partial(_cross_validate, run), CROSSVAL_IDLE_SECONDS),
                     (functools.partial(_verify, run, verify), CHECK_IDLE_SECONDS)]
 
 
