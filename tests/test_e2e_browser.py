@@ -531,3 +531,77 @@ def test_one_stop_while_training_and_it_stops_the_run(server, page, output):
             shutil.rmtree(run_dir, ignore_errors=True)  # later tests count the runs
         page.goto(f"{url}/dataset?dataset=*demo")  # the defaults again (the URL names no training choice)
         wait_idle(page, "Dataset")
+
+
+def shoot(page, key: str, saved_text: str, attempts: int = 4) -> None:
+    """Press the camera's shutter until the page says `saved_text`. The first frame must be playing (a click before
+    it captures nothing), and on a loaded machine a click can land while Streamlit redraws the widget: then the
+    shot never reaches the script, and pressing again is what a user does."""
+    for attempt in range(attempts):
+        page.wait_for_function(f"() => (document.querySelector('.st-key-{key} video') || {{}}).readyState >= 2",
+                               timeout=120_000)
+        page.wait_for_timeout(800)
+        page.locator(f".st-key-{key} button:has-text('Take photo')").click(timeout=60_000)
+        try:
+            page.wait_for_selector(f"text={saved_text}", timeout=45_000)
+            return
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+
+
+def test_camera_shots_go_into_a_class_and_try_it_answers_a_shot(server, camera_chromium, demo_run, output):
+    """Issue 13 in the browser, with Chromium's fake camera: two shots in a row into a class of a new dataset (each
+    a file of its own), then a shot tried where a run finished, answered with class bars."""
+    url, ws = server
+    context = camera_chromium.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
+    context.set_default_navigation_timeout(120_000)
+    page = context.new_page()
+    run_dir = ws / "runs" / f"zz-cam-{demo_run.name}"
+    shutil.copytree(demo_run, run_dir)
+    try:
+        page.goto(f"{url}/dataset")
+        wait_idle(page, "Dataset")
+        page.get_by_text("Bring your own photos").click(timeout=120_000)  # closed while the demo is the dataset
+        page.locator(".st-key-ds_new_name input").fill("camshots")
+        page.locator(".st-key-ds_new_name input").press("Enter")
+        wait_idle(page, "Dataset")
+        page.get_by_role("button", name="Create dataset").click()
+        wait_idle(page, "Dataset")
+        page.locator(".st-key-ds_new_class input").fill("mugs")
+        page.locator(".st-key-ds_new_class input").press("Enter")
+        wait_idle(page, "Dataset")
+        page.get_by_role("button", name="Add class").click()
+        page.wait_for_selector("text=Added the class", timeout=60_000)
+        wait_idle(page, "Dataset")
+        page.get_by_text("Take photos with the camera").click(timeout=120_000)
+        for n in (1, 2):  # each saved shot brings a fresh camera widget (its key counts the shots)
+            shoot(page, f"ds_camera_{n - 1}", f"Saved shot {n} into")
+            wait_idle(page, "Dataset")
+        assert_no_exception(page)
+        page.get_by_text("Take photos with the camera").scroll_into_view_if_needed()
+        page.screenshot(path=str(output / "camera-shots.png"))
+        shots = sorted((ws / "datasets" / "camshots" / "mugs").glob("camera-*.jpg"))
+        assert len(shots) == 2 and shots[0].read_bytes() != shots[1].read_bytes()  # two shots, two files
+
+        # Where a run finished (a new session, back on the demo: one class of two shots is not trainable), a
+        # camera shot, answered with its class bars.
+        context.close()
+        context = camera_chromium.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
+        context.set_default_navigation_timeout(120_000)
+        page = context.new_page()
+        page.goto(f"{url}/training?dataset=*demo")
+        wait_idle(page, "Training")
+        page.wait_for_selector("text=Try it now", timeout=120_000)
+        page.locator(".st-key-train_try_source button:has-text('Camera')").click()
+        shoot(page, "train_try_camera", "camera shot")
+        wait_idle(page, "Training")
+        card = page.locator("[class*='st-key-train_try_card_']").first
+        assert "%" in card.inner_text()  # the shot's answer and its class bars
+        assert_no_exception(page)
+        card.scroll_into_view_if_needed()
+        page.screenshot(path=str(output / "try-it-camera.png"))
+    finally:
+        context.close()
+        shutil.rmtree(run_dir, ignore_errors=True)  # other tests count the runs
+        shutil.rmtree(ws / "datasets" / "camshots", ignore_errors=True)
