@@ -88,7 +88,7 @@ def page(server, chromium):
 
 def wait_idle(page, title: str | None = None, timeout: float = 120_000) -> None:
     """Wait until the page shows its title (inside the app frame: the sidebar says Few-Shot Studio) and Streamlit
-    has finished running the script (its status widget is gone for a while)."""
+    has finished running the script (its status widget is gone for a while), with no dialog over the page."""
     page.wait_for_selector("[data-testid='stSidebar'] >> text=Few-Shot Studio", timeout=timeout)
     if title:
         page.wait_for_selector(f"h1:has-text('{title}')", timeout=timeout)
@@ -96,6 +96,10 @@ def wait_idle(page, title: str | None = None, timeout: float = 120_000) -> None:
         page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
                                timeout=timeout)
         page.wait_for_timeout(700)
+    # The app opens no dialog: one Streamlit put up (a page not found, a lost connection) leaves the page under it
+    # inert, and every click after it times out.
+    dialogs = page.locator("[data-testid='stDialog']")
+    assert dialogs.count() == 0, dialogs.all_inner_texts()
 
 
 def assert_no_exception(page) -> None:
@@ -109,6 +113,8 @@ def test_every_page_renders(server, page, output):
         wait_idle(page, title)
         assert_no_exception(page)
         page.screenshot(path=str(output / f"{name}.png"), full_page=True)
+    # The Dataset page by its name in a later session than the server's first (which runs in the pages/ folder mode
+    # and serves it): Streamlit serves the default page at / only, and said "Page not found" here (app.py).
     page.goto(f"{url}/dataset")
     wait_idle(page, "Dataset")
     body = page.inner_text("body")
