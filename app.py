@@ -37,8 +37,21 @@ def warm_engine_once() -> None:
         pass
 
 
+# The default page lives at / only: Streamlit answers its own name (/dataset, which every other page's URL invites
+# and which the server's first session, run in the pages/ folder mode, does serve) with a "Page not found" dialog
+# over the page, which leaves the page inert until closed. A hidden page takes /dataset and hands over to the
+# Dataset page at / (a page's id comes from its url_path: the default page's own, never shown, must differ).
+DATASET = st.Page("pages/1_dataset.py", title="Dataset", icon=":material/folder_open:", default=True,
+                  url_path="dataset-page")
+
+
+def _dataset_by_name() -> None:
+    st.switch_page(DATASET)
+
+
+DATASET_BY_NAME = st.Page(_dataset_by_name, title="Dataset", url_path="dataset", visibility="hidden")
 PAGES = [
-    st.Page("pages/1_dataset.py", title="Dataset", icon=":material/folder_open:", default=True),
+    DATASET,
     st.Page("pages/2_label.py", title="Label", icon=":material/label:"),
     st.Page("pages/7_map.py", title="Photo map", icon=":material/scatter_plot:"),
     st.Page("pages/3_augmentation.py", title="Augmentation", icon=":material/auto_awesome:"),
@@ -46,10 +59,13 @@ PAGES = [
     st.Page("pages/5_predictions.py", title="Predictions", icon=":material/grid_view:"),
     st.Page("pages/6_runs.py", title="Runs", icon=":material/history:"),
     st.Page("pages/8_presenter.py", title="Presenter", icon=":material/co_present:"),
+    DATASET_BY_NAME,
 ]
 page = st.navigation(PAGES)
 warm_engine_once()
 enter_frame()
+if page is DATASET_BY_NAME:  # before the sidebar is drawn: the hand-over is one quick rerun
+    _dataset_by_name()
 frame_css()
 publish_state()  # the dataset and run in the URL and the workspace: a reload or a second tab shows the same
 

@@ -110,7 +110,8 @@ else:
             f"photos from the map.")
     st.page_link("pages/2_label.py", label="Go to Label", icon=":material/label:")
 if len(chosen) > MAX_SHOWN:
-    st.caption(f"The first {MAX_SHOWN} of {len(chosen)} photos are shown; moving applies to all {len(chosen)}.")
+    st.caption(f"The first {MAX_SHOWN} of {len(chosen)} photos are shown"
+               + (f"; moving applies to all {len(chosen)}." if editable else "."))
 per_row = 8
 rows = list(chosen.head(MAX_SHOWN).itertuples())
 for start in range(0, len(rows), per_row):

@@ -178,6 +178,15 @@ def chromium(playwright, chromium_path):
     browser.close()
 
 
+@pytest.fixture(scope="module")
+def camera_chromium(playwright, chromium_path):
+    """A second Chromium with its own test camera (a moving pattern) and an automatic yes to "allow the camera?"."""
+    browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS + [
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+    yield browser
+    browser.close()
+
+
 # ------------------------------------------------------------------------------------- helpers as fixtures
 
 @pytest.fixture(scope="session")
