@@ -51,6 +51,18 @@ def _one(workspace: Path, data: Path, name: str, config: dict) -> dict:
     return job
 
 
+def _together(jobs: dict[str, tuple[Path, Path, dict]]) -> dict[str, dict]:
+    """Smoke test only: the same jobs, in order, in one worker process (fresh processes would each import
+    TensorFlow again); "peak RSS" is then that one process's."""
+    out = run_worker(TRAIN_MODULE, {"jobs": [{"workspace": str(ws), "data": str(data), "mode": "finetune",
+                                              "name": name, "config": config}
+                                             for name, (ws, data, config) in jobs.items()]})
+    for job in out["jobs"]:
+        job["peak_rss_mib"] = out.get("peak_rss_mib")
+        job["stage"] = job["phases"].get("activations", 0.0) + job["phases"].get("finetune", 0.0)
+    return dict(zip(jobs, out["jobs"]))
+
+
 def main() -> None:
     parser = bench_parser(__doc__, "a few generated images, short training")
     parser.add_argument("data", nargs="?", type=Path, help="dataset (default: tuxpaint-stamps, else the demo)")
@@ -66,10 +78,13 @@ def main() -> None:
         rows = []
         for seed in args.seeds:
             settings = {**config, "seed": seed}
-            row = {"seed": seed,
-                   "full": _one(tmp / f"ws-full-{seed}", data, "full", {**settings, "finetune_full": True}),
-                   "cold": _one(tmp / f"ws-cached-{seed}", data, "cold", settings),
-                   "warm": _one(tmp / f"ws-cached-{seed}", data, "warm", settings)}
+            jobs = {"full": (tmp / f"ws-full-{seed}", data, {**settings, "finetune_full": True}),
+                    "cold": (tmp / f"ws-cached-{seed}", data, settings),
+                    "warm": (tmp / f"ws-cached-{seed}", data, settings)}
+            if args.tiny:
+                row = {"seed": seed, **_together(jobs)}
+            else:
+                row = {"seed": seed, **{name: _one(ws, d, name, c) for name, (ws, d, c) in jobs.items()}}
             rows.append(row)
             print(f"  seed {seed}: " + "; ".join(
                 f"{k} {row[k]['val_accuracy']} in {row[k]['stage']:.1f} s" for k in ("full", "cold", "warm")),
