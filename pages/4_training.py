@@ -23,7 +23,7 @@ from core.runs import (
     run_dataset_title,
     run_title,
 )
-from ui.common import current_dataset, dataset_label, md, warn_if_disk_full
+from ui.common import current_dataset, dataset_label, md, poll_seconds, warn_if_disk_full
 from ui.frame import require_frame
 from ui.prediction_views import model_file_ready
 from ui.state import MAX_EPOCHS, augment_config, dataset_path, init_state, keep_choice, set_choices, set_run
@@ -192,12 +192,8 @@ def _eta(status: RunStatus) -> str:
     return f" · about {remaining:.0f} s left in this phase"
 
 
-# How often the page looks at an active run's folder (status.json: a small read). A bottleneck run on cached
-# features is done in about a second, so the poll is a good part of what the user waits for: five times a second.
-# Scratch and fine-tune runs take minutes: twice a second is plenty. The charts (history.csv, two figures) follow
-# once a second; a finished run is drawn once.
-FAST_POLL_SECONDS = 0.2
-SLOW_POLL_SECONDS = 0.5
+# The run's panel is polled as often as ui.common.poll_seconds says; the charts (history.csv, two figures) once a
+# second; a finished run is drawn once.
 CHART_POLL_SECONDS = 1.0
 
 HEADERS = {"queued": ":material/hourglass_top: Waiting", "running": ":material/directions_run: Training",
@@ -278,11 +274,7 @@ def live_charts(run: Run) -> None:
 def show_run(run: Run) -> None:
     status = run.status()
     if status.active:
-        try:
-            fast = run.config().mode == "bottleneck"
-        except FewShotError:  # a damaged config.json: the run says so when it fails
-            fast = False
-        st.fragment(live_panel, run_every=FAST_POLL_SECONDS if fast else SLOW_POLL_SECONDS)(run)
+        st.fragment(live_panel, run_every=poll_seconds(run))(run)
         st.fragment(live_charts, run_every=CHART_POLL_SECONDS)(run)
         return
     run_panel(run, status)

@@ -115,3 +115,20 @@ def unsaved_uploads(files: list | None) -> list:
     fresh = [f for f in files or [] if f.file_id not in saved]
     saved.update(f.file_id for f in fresh)
     return fresh
+
+
+# How often a page looks at an active run's folder (status.json: a small read). A bottleneck run on cached features
+# is done in about a second, so the poll is a good part of what the user waits for: five times a second. Scratch
+# and fine-tune runs take minutes: twice a second is plenty.
+FAST_POLL_SECONDS = 0.2
+SLOW_POLL_SECONDS = 0.5
+
+
+def poll_seconds(run) -> float:
+    """How often to poll `run` (a core.runs.Run) while it is active."""
+    from core.errors import FewShotError
+
+    try:
+        return FAST_POLL_SECONDS if run.config().mode == "bottleneck" else SLOW_POLL_SECONDS
+    except FewShotError:  # a damaged config.json: the run fails and says so
+        return SLOW_POLL_SECONDS

@@ -17,7 +17,7 @@ from core.errors import FewShotError
 from core.retraining import compare_on_same_photos, retrain_plan
 from core.run_summary import saved_model_note
 from core.runs import ACTIVE_STATES, Run, RunError, get_run, retrained_from
-from ui.common import dataset_label, md, thumb, unsaved_uploads
+from ui.common import dataset_label, md, poll_seconds, thumb, unsaved_uploads
 from ui.dataset_views import flash
 from ui.state import set_dataset
 
@@ -363,11 +363,7 @@ def retrain_status(key: str) -> None:
     # Poll while it trains (a bottleneck retrain takes about a second: five times a second, as the Training page
     # does); the poll that finds it ended shows the result at once, then reruns the page, so the new run is listed
     # everywhere.
-    try:
-        poll = 0.2 if new.config().mode == "bottleneck" else 0.5
-    except FewShotError:  # a damaged config.json: the run fails and says so
-        poll = 0.5
-    st.fragment(_retrain_progress, run_every=poll if active else None)(new, active, key)
+    st.fragment(_retrain_progress, run_every=poll_seconds(new) if active else None)(new, active, key)
 
 
 def _retrain_progress(new: Run, was_active: bool, key: str) -> None:
