@@ -20,6 +20,7 @@ from core.workspace import disk_full_message
 from ui.common import dataset_label, md
 from ui.frame import enter_frame
 from ui.layout import frame_css
+from ui.preload import preload_in_background
 from ui.state import dataset_path, init_state, publish_state
 
 # A local image, not ":material/…:" (which the browser fetches from a font CDN: an error on every load offline).
@@ -63,6 +64,7 @@ PAGES = [
 ]
 page = st.navigation(PAGES)
 warm_engine_once()
+preload_in_background()
 enter_frame()
 if page is DATASET_BY_NAME:  # before the sidebar is drawn: the hand-over is one quick rerun
     _dataset_by_name()

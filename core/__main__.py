@@ -110,6 +110,9 @@ def _add_commands(sub) -> None:
     export.add_argument("--model-file", action="store_true",
                         help="write model.keras again from the run's trained head (a bottleneck run whose model "
                              "file was not written: a full disk, a killed process)")
+    export.add_argument("--check", action="store_true",
+                        help="reload model.keras and compare its predictions on the validation photos with the "
+                             "run's own (the check done after every run), into metrics.json")
 
     run = sub.add_parser("run", help="execute a prepared run folder (what the app starts)")
     run.add_argument("run", metavar="RUN_DIR")
@@ -296,6 +299,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from core.runs import get_run
 
     run = get_run(args.run)
+    if args.check:
+        from core.engine.execute import check_saved_model
+
+        if not run.model_path.exists():
+            raise CliError(f"{run.id} has no model.keras to check (yet).")
+        check_saved_model(run)
+        print(json.dumps((run.metrics() or {}).get("export_check")))
+        return 0
     if args.model_file:
         from core.engine import write_run_model
 

@@ -2,6 +2,8 @@
 retrain clicked just after a run's results must not wait ~10 s for that run's checks)."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,28 @@ def test_the_worker_runs_the_run_first_then_the_bonus_work_again(workspace, tiny
     queue.remove(entry)
     worker._run_deferred()  # the queue is empty: straight through
     assert calls[-2:] == ["begun", "done"] and not worker.deferred
+
+
+def test_a_step_that_cannot_give_way_runs_as_a_child_process_that_a_queued_run_stops(workspace, tiny_dataset,
+                                                                                     tmp_path):
+    """The export check (one uncut reload of seconds) runs as a child process: a queued run stops it at once and
+    it stays first in line, untouched; with no run waiting it runs to its end."""
+    from core.engine import queue
+    from core.engine.worker import Deferred, _Worker
+    from core.runs import create_run
+
+    worker = _Worker()
+    finished = tmp_path / "finished"
+    slow = Deferred(lambda: None, command=[sys.executable, "-c", "import pathlib, time; time.sleep(120); "
+                                           f"pathlib.Path({str(finished)!r}).touch()"])
+    worker.deferred.append(slow)
+    entry = queue.enqueue(create_run(TrainConfig(data=str(tiny_dataset), mode="scratch")))
+    worker._run_deferred()
+    assert list(worker.deferred) == [slow] and not finished.exists()  # stopped, not waited for
+    queue.remove(entry)
+    quick = Deferred(lambda: None, command=[sys.executable, "-c", f"import pathlib; pathlib.Path({str(finished)!r})"
+                                                                  ".touch()"], log=tmp_path / "log.txt")
+    worker.deferred.clear()
+    worker.deferred.append(quick)
+    worker._run_deferred()  # the queue is empty: to its end
+    assert finished.exists() and not worker.deferred

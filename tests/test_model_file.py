@@ -85,6 +85,21 @@ def test_cli_writes_the_model_file_again(run_copy, project_root):
     _model_agrees_with_predictions(run_copy)
 
 
+def test_cli_checks_the_saved_model_again_as_the_warm_worker_child_does(run_copy, project_root):
+    """`python -m core export RUN --check`: what the warm worker runs in a child process after each run (issue 10:
+    the reload cannot give way to a waiting run from inside, a child process can be stopped)."""
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    metrics.pop("export_check", None)
+    (run_copy / "metrics.json").write_text(json.dumps(metrics))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-m", "core", "export", str(run_copy), "--check"],
+                            capture_output=True, text=True, cwd=project_root, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    check = get_run(run_copy).metrics()["export_check"]
+    assert json.loads(result.stdout) == check
+    assert check["n_images"] > 0 and check["same_top1"] == 1.0 and check["max_abs_diff"] < 1e-4
+
+
 def test_predictions_page_shows_results_while_the_model_file_is_written(run_copy, open_app_page):
     # This process stands in for the run's: alive, so the model file is still being written.
     _as_if_writing(run_copy, os.getpid(), process_start_time(os.getpid()))

@@ -53,7 +53,8 @@ class _StoppedWhileQueued(Exception):
 
 
 def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-process",
-                handle_sigterm: bool = True, defer: Callable[[Callable[[], None], float], None] | None = None,
+                handle_sigterm: bool = True,
+                defer: Callable[[Callable[[], None], float, list[str] | None], None] | None = None,
                 exclusive: bool = True, node: str = "this machine") -> RunStatus:
     """Train the run in this process; returns its status once the results are on disk. Never raises for a
     training failure.
@@ -63,8 +64,9 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
     passes False, and then leaves the feature cache's temporary files alone, as other runs are writing it.
 
     What follows the results (a bottleneck run's model.keras, the export check) runs before returning, or is
-    handed to `defer` step by step, each with how long the queue must have been idle before it: the warm worker
-    runs them when no other run is waiting, so a retrain queued behind this run does not wait for them."""
+    handed to `defer` step by step, each with how long the queue must have been idle before it and, for a step
+    that cannot give way, the command line that does it in a child process: the warm worker runs them when no
+    other run is waiting, so a retrain queued behind this run does not wait for them."""
     # The process is recorded before anything slow (importing TensorFlow takes seconds): a kill in that window
     # must leave the run failed, not "queued" forever.
     pid = os.getpid()
@@ -94,9 +96,9 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
                           message="finished" if state == "done" else "stopped; the best model so far was saved",
                           val_accuracy=result.metrics.get("val_accuracy"),
                           model_file="writing" if result.model_pending else "ready")
-        for step, after_idle in _after_results(run, result.model_pending, verify_export):
+        for step, after_idle, command in _after_results(run, result.model_pending, verify_export):
             if defer is not None:
-                defer(step, after_idle)  # one at a time: the worker looks at its queue between them
+                defer(step, after_idle, command)  # one at a time: the worker looks at its queue between them
             else:
                 step()
         return run.status()
@@ -138,16 +140,23 @@ def _log_traceback(run: Run) -> None:
 # labels and clicks Retrain right after a run must find the worker free, not inside a step that cannot be cut.
 MODEL_FILE_IDLE_SECONDS = 2.0   # ~1 s (quiet) to ~3 s (loaded); needed to predict new photos and to download
 CROSSVAL_IDLE_SECONDS = 2.0     # it gives way between folds (~1 s each): no longer wait needed
-CHECK_IDLE_SECONDS = 10.0       # the export check reloads model.keras: ~3 s that cannot be cut short
+# The export check reloads model.keras (~3 s that cannot be cut short), so the warm worker runs it as a child
+# process, which it stops the moment a run is queued (and starts again later): no click ever waits for it.
+CHECK_IDLE_SECONDS = 4.0
+
+AfterStep = tuple[Callable[[], None], float, "list[str] | None"]
 
 
-def _after_results(run: Run, model_pending: bool, verify) -> list[tuple[Callable[[], None], float]]:
-    """What follows the results, in order, each with the idle time the warm worker waits for before it: the model
-    file, then the bonus work, which gives way to a waiting run (core.give_way): the cross-validation first (it
-    gives way between folds, ~1 s each), the export check last."""
-    steps = [(functools.partial(write_run_model, run), MODEL_FILE_IDLE_SECONDS)] if model_pending else []
-    return steps + [(functools.partial(_cross_validate, run), CROSSVAL_IDLE_SECONDS),
-                    (functools.partial(_verify, run, verify), CHECK_IDLE_SECONDS)]
+def _after_results(run: Run, model_pending: bool, verify) -> list[AfterStep]:
+    """What follows the results, in order, each with the idle time the warm worker waits for before it and, where
+    the step cannot give way to a waiting run (core.give_way) from inside, the command line that does it in a
+    child process instead: the model file, then the bonus work: the cross-validation (it gives way between
+    folds, ~1 s each), the export check last (in a child process: `python -m core export RUN --check`)."""
+    steps: list[AfterStep] = [(functools.partial(write_run_model, run), MODEL_FILE_IDLE_SECONDS, None)
+                              ] if model_pending else []
+    check_command = [sys.executable, "-m", "core", "export", str(run.path), "--check"]
+    return steps + [(functools.partial(_cross_validate, run), CROSSVAL_IDLE_SECONDS, None),
+                    (functools.partial(_verify, run, verify), CHECK_IDLE_SECONDS, check_command)]
 
 
 def _cross_validate(run: Run) -> None:
@@ -177,6 +186,14 @@ def write_run_model(run: Run) -> RunStatus:
         reason = ("The disk is full: free some space, then write the model file again. The run's results are kept."
                   if isinstance(exc, OSError) and exc.errno == 28 else friendly_error(exc))
         return run.update_status(model_file="failed", model_error=reason)
+
+
+def check_saved_model(run: Run) -> None:
+    """The export check of a finished run, again (`python -m core export RUN --check`; the warm worker's child
+    process): reload its model.keras and compare with the run's own predictions, into metrics.json."""
+    from core.training import verify_export
+
+    _verify(run, verify_export)
 
 
 def _verify(run: Run, verify) -> None:

@@ -42,10 +42,17 @@ START_RETRY_SECONDS = 20.0  # a worker that died before it was ready is not rest
 DEFER_IDLE_SECONDS = 2.0
 
 
+CHILD_NICENESS = 10  # a deferred step's child process yields the CPU to the pages a user is looking at
+
+
 @dataclass
 class Deferred:
     job: Callable[[], None]
     after_idle: float = DEFER_IDLE_SECONDS  # seconds of an empty queue before it starts
+    # A step that cannot give way from inside (Keras reloading a model file is one uncut call of seconds): the same
+    # step as a command line, run as a child process that is stopped the moment a run is queued.
+    command: list[str] | None = None
+    log: Path | None = None  # where the child's output goes (the run's log.txt)
 
 
 @dataclass
@@ -224,8 +231,8 @@ class _Worker:
             self.current = run
             with _output_to(run.log_path):
                 execute_run(run, executor="warm worker", handle_sigterm=False,
-                            defer=lambda job, after_idle, log=run.log_path: self.deferred.append(
-                                Deferred(functools.partial(self._logged, job, log), after_idle)))
+                            defer=lambda job, after_idle, command, log=run.log_path: self.deferred.append(
+                                Deferred(functools.partial(self._logged, job, log), after_idle, command, log)))
             self.current = None
             self._prepare_fast_extractor(run)
             self.info.state, self.info.current_run = "ready", None
@@ -256,6 +263,12 @@ class _Worker:
         from its start), unless `give_way` is False (the worker is exiting: nothing will wait)."""
         item = self.deferred.popleft()
         run_waiting = (lambda: bool(queue.entries(self.waiting))) if give_way else (lambda: False)
+        if item.command is not None and give_way:
+            if not self._run_child(item, run_waiting):
+                self.deferred.appendleft(item)
+            return
+        # In this process: a step that gives way from inside, or any step while the worker exits (nothing will wait,
+        # and TensorFlow is loaded here already).
         try:
             with giving_way_when(run_waiting):
                 item.job()
@@ -263,6 +276,25 @@ class _Worker:
             self.deferred.appendleft(item)
         except Exception:  # each job records its own failure in its run folder; the worker goes on
             traceback.print_exc()
+
+    def _run_child(self, item: Deferred, run_waiting: Callable[[], bool]) -> bool:
+        """Run a deferred step's command as a child process, niced; True once it ended (its own failures are its
+        run's business, written in its log), False when it was stopped because a run is waiting or the worker is
+        exiting (which then does the step itself)."""
+        with open(item.log or os.devnull, "ab") as log:
+            child = subprocess.Popen(item.command, cwd=PROJECT_ROOT, stdout=log, stderr=log,
+                                     stdin=subprocess.DEVNULL)
+        try:
+            os.setpriority(os.PRIO_PROCESS, child.pid, CHILD_NICENESS)
+        except OSError:  # already ended, or a platform without priorities: it only runs a little less politely
+            pass
+        while child.poll() is None:
+            if run_waiting() or self.exiting:
+                child.kill()  # its writes are atomic: the run keeps the previous metrics.json whole
+                child.wait()
+                return False
+            time.sleep(POLL_SECONDS)
+        return True
 
     @staticmethod
     def _logged(job: Callable[[], None], log: Path) -> None:
