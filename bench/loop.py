@@ -2,7 +2,8 @@
 run, side by side on one machine.
 
 For each executor (`worker`: the warm engine; `process`: a new OS process per run, the design before it), in
-alternating rounds, on a fresh workspace and a freshly started server:
+alternating rounds, on a fresh workspace and a freshly started server (for `worker`, started as scripts/start.sh
+starts the app: the engine first, then the server):
   1. the shared tool ../shared/tools/loop_latency.py: click "Start training" (bottleneck, the built-in demo) →
      the new run's "Finished" header; three runs: the first right after the server start (cold cache, and the
      engine may still be warming), then two with the features cached;
@@ -44,6 +45,9 @@ def _start_server(ws: Path, executor: str) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = dict(os.environ, FEWSHOT_WORKSPACE=str(ws), FEWSHOT_EXECUTOR=executor, FEWSHOT_EAGER_WORKER="1",
                TF_CPP_MIN_LOG_LEVEL="3")
+    if executor == "worker":  # as scripts/start.sh does: the engine starts first, then the server
+        subprocess.run([sys.executable, "-c", "from core.engine import ensure_worker; ensure_worker()"],
+                       cwd=PROJECT_ROOT, env=env, check=True)
     log = open(ws / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",

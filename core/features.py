@@ -108,6 +108,9 @@ def _decode_for(size: int):
     return decode
 
 
+EXTRACT_BATCH = 32  # images per forward pass: XNNPACK spreads a batch over its threads
+
+
 def image_dataset(paths: Sequence[Path], size: int, batch_size: int) -> tf.data.Dataset:
     """(images float32 size×size×3 in 0..255, ok flags) batches, decoded in parallel, never all in memory."""
     decode = _decode_for(size)
@@ -131,7 +134,7 @@ def augmented_key(content_key: str, augment: AugmentConfig, copy: int) -> str:
     return hashlib.sha256(f"{content_key}:{tag}:{copy}".encode()).hexdigest()
 
 
-def extract_features(paths: Sequence[Path], backbone: str, cache_root: Path | None, batch_size: int = 32,
+def extract_features(paths: Sequence[Path], backbone: str, cache_root: Path | None, batch_size: int = EXTRACT_BATCH,
                      progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
                      augment: AugmentConfig | None = None, copy: int = 0,
                      keys: Sequence[str] | None = None) -> FeatureResult:

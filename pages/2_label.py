@@ -102,8 +102,7 @@ if runs:
     options = [""] + list(by_id)
     if st.session_state.get("lbl_run") not in options:
         st.session_state["lbl_run"] = mine[0] if mine else ""
-    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    run_id = c1.selectbox(
+    run_id = st.selectbox(
         "Suggest labels with a trained model", options, key="lbl_run",
         format_func=lambda rid: "No suggestions" if not rid else
         f"{by_id[rid].config_dict().get('name') or rid} — classes: {', '.join(by_id[rid].labels())}",
@@ -111,9 +110,7 @@ if runs:
              "of first: they teach the next training the most.")
     run = by_id.get(run_id)
     if run is not None:
-        with c2:
-            lv.retrain_button(run, key="lbl_retrain", dataset_root=root, primary=False)
-        lv.retrain_status(key="lbl_retrain")
+        lv.retrain_panel(run, key="lbl_retrain", dataset_root=root, primary=False)
         unknown = sorted(set(run.labels()) - set(classes))
         if unknown and classes:
             st.caption(f"This model knows classes this dataset lacks ({', '.join(unknown)}); accepting its "

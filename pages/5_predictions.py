@@ -18,7 +18,7 @@ from core.runs import Run, file_stem, list_runs, run_dataset_title, run_title
 from ui.common import dataset_label, md
 from ui.dataset_views import IMAGE_TYPES
 from ui.frame import require_frame
-from ui.labeling_views import fix_controls, image_now, retrain_button, retrain_status, suspects_queue
+from ui.labeling_views import fix_controls, image_now, retrain_panel, suspects_queue
 from ui.layout import grid, name_line, names_table, panels, row
 from ui.prediction_views import (
     ALL,
@@ -253,8 +253,7 @@ else:
 suspects_queue(run, classes, dataset_root)
 st.caption("A photo filed under the wrong class, or one that does not belong? Fix it on its card above (or on "
            "the Label page), then retrain: only changed photos are processed anew, so it takes seconds.")
-retrain_button(run, key="pred_retrain")
-retrain_status(key="pred_retrain")
+retrain_panel(run, key="pred_retrain")
 st.page_link("pages/2_label.py", label="More labelling tools (undo, trash, duplicates)", icon=":material/label:")
 
 # ------------------------------------------------------------------------------------------- new images

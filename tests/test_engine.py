@@ -31,7 +31,7 @@ def test_one_warm_worker_executes_queued_runs_in_turn(workspace, tiny_dataset, w
     assert done.seconds_from_click(0) == done.finished_at - done.created_at > 0
     assert (second.metrics() or {})["n_val"] > 0 and not entries()
     assert "epoch" in second.history().columns and len(second.history()) == 2
-    # The export check follows, in a child process of the worker (`python -m core export RUN --check`).
+    # The export check follows, once the worker is idle.
     check = wait_for(lambda: (second.metrics() or {}).get("export_check"), 120)
     assert check["same_top1"] == 1.0, second.log_tail()
 

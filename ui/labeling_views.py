@@ -332,10 +332,24 @@ def _retrain(run: Run, data: Path, state_key: str) -> None:
              icon=":material/replay:")
 
 
+def retrain_panel(run: Run, key: str, dataset_root: Path | None = None, primary: bool = True) -> None:
+    """'Retrain with my fixes' and, under it, the retraining it started, live, then its result.
+
+    One fragment: the click reruns this panel only, not the page around it. On the Predictions page a whole rerun
+    (its grid of photos, each with its fix controls) took longer than a bottleneck retrain itself, and the panel's
+    poll could not start before it ended. The page reruns once the result is on screen."""
+    st.fragment(_retrain_panel)(run, key, dataset_root, primary)
+
+
+def _retrain_panel(run: Run, key: str, dataset_root: Path | None, primary: bool) -> None:
+    retrain_button(run, key, dataset_root, primary)
+    retrain_status(key)
+
+
 def retrain_button(run: Run, key: str, dataset_root: Path | None = None, primary: bool = True) -> None:
     """'Retrain with my fixes': a run like `run` (same mode, backbone, settings) on the fixed dataset (the run's
     own, or its editable copy when the run was trained on the read-only demo). Cached features make it take seconds.
-    `retrain_status` shows what it started."""
+    `retrain_status` shows what it started (`retrain_panel` draws both)."""
     data = Path(run.config().data)
     target = dataset_root or labeling.working_copy(data, prefer=st.session_state.get("dataset")) or data
     state_key = f"{key}_started"
@@ -362,8 +376,12 @@ def retrain_status(key: str) -> None:
     active = new.status().state in ACTIVE_STATES
     # Poll while it trains (a bottleneck retrain takes about a second: five times a second, as the Training page
     # does); the poll that finds it ended shows the result at once, then reruns the page, so the new run is listed
-    # everywhere.
-    st.fragment(_retrain_progress, run_every=poll_seconds(new) if active else None)(new, active, key)
+    # everywhere. Ended, it is drawn in place: "Show the new results" must not sit in a fragment nested in
+    # `retrain_panel`'s (its click would rerun that inner fragment alone, and the switch of page was lost).
+    if active:
+        st.fragment(_retrain_progress, run_every=poll_seconds(new))(new, active, key)
+    else:
+        _retrain_progress(new, active, key)
 
 
 def _retrain_progress(new: Run, was_active: bool, key: str) -> None:

@@ -140,9 +140,12 @@ def _log_traceback(run: Run) -> None:
 # labels and clicks Retrain right after a run must find the worker free, not inside a step that cannot be cut.
 MODEL_FILE_IDLE_SECONDS = 2.0   # ~1 s (quiet) to ~3 s (loaded); needed to predict new photos and to download
 CROSSVAL_IDLE_SECONDS = 2.0     # it gives way between folds (~1 s each): no longer wait needed
-# The export check reloads model.keras (~3 s that cannot be cut short), so the warm worker runs it as a child
-# process, which it stops the moment a run is queued (and starts again later): no click ever waits for it.
-CHECK_IDLE_SECONDS = 4.0
+# The export check reloads model.keras: ~3 s that cannot be cut short. It could run as a child process that the
+# worker stops when a run is queued (`python -m core export RUN --check`, the worker's `Deferred.command`), but a
+# child imports TensorFlow again (~5-10 s of CPU per run) and, queued in order, held back later runs' model files
+# in a loaded test suite; so it stays in the worker, after a long idle wait, until the worker can order its steps.
+CHECK_IDLE_SECONDS = 10.0
+CHECK_IN_CHILD = False
 
 AfterStep = tuple[Callable[[], None], float, "list[str] | None"]
 
@@ -151,10 +154,10 @@ def _after_results(run: Run, model_pending: bool, verify) -> list[AfterStep]:
     """What follows the results, in order, each with the idle time the warm worker waits for before it and, where
     the step cannot give way to a waiting run (core.give_way) from inside, the command line that does it in a
     child process instead: the model file, then the bonus work: the cross-validation (it gives way between
-    folds, ~1 s each), the export check last (in a child process: `python -m core export RUN --check`)."""
+    folds, ~1 s each), the export check last."""
     steps: list[AfterStep] = [(functools.partial(write_run_model, run), MODEL_FILE_IDLE_SECONDS, None)
                               ] if model_pending else []
-    check_command = [sys.executable, "-m", "core", "export", str(run.path), "--check"]
+    check_command = [sys.executable, "-m", "core", "export", str(run.path), "--check"] if CHECK_IN_CHILD else None
     return steps + [(functools.partial(_cross_validate, run), CROSSVAL_IDLE_SECONDS, None),
                     (functools.partial(_verify, run, verify), CHECK_IDLE_SECONDS, check_command)]
 

@@ -164,10 +164,12 @@ def _output_to(path: Path) -> Iterator[None]:
 def warm_up() -> None:
     """What every run needs, paid once: TensorFlow, the training code, the default backbone's fast extractor
     (converted here once if it never was, so small datasets get it too; Keras' extractor where it cannot be)."""
+    import numpy as np
+
     from core.backbones import DEFAULT_BACKBONE
     from core.backbones.tflite import MIN_IMAGES_TO_CONVERT, fast_extractor
     from core.engine.execute import execute_run  # noqa: F401  (imports the whole training stack)
-    from core.features import cached_extractor
+    from core.features import EXTRACT_BATCH, cached_extractor
 
     backbone = os.environ.get("FEWSHOT_WARM_BACKBONE", DEFAULT_BACKBONE)
     if backbone in ("", "none"):  # TensorFlow and the training code only (tests that train from scratch)
@@ -175,8 +177,11 @@ def warm_up() -> None:
     try:
         # The fast extractor is all a bottleneck run needs before its results; the Keras one (seconds to build) only
         # where there is no fast one. A run's model file builds the Keras network later, when the worker is idle.
-        if fast_extractor(backbone, n_images=MIN_IMAGES_TO_CONVERT) is None:
+        fast = fast_extractor(backbone, n_images=MIN_IMAGES_TO_CONVERT)
+        if fast is None:
             cached_extractor(backbone)
+        else:  # XNNPACK packs its weights and sizes its buffers at the first invoke: here, not in the first run
+            fast.predict(np.zeros((EXTRACT_BATCH, *fast.input_shape), np.float32))
     except Exception:  # no weights here (offline, no package): runs will say why; the worker still serves
         traceback.print_exc()
 
