@@ -61,9 +61,13 @@ def cpu_features() -> CpuFeatures:
 
 
 def use_bf16() -> bool:
-    """Mixed bfloat16 for fine-tuning: on when the CPU has it natively, unless FEWSHOT_BF16=0 (or =1 to force it,
-    e.g. to test the path on a CPU without it)."""
-    setting = os.environ.get("FEWSHOT_BF16", "auto")
-    if setting in ("0", "1"):
-        return setting == "1"
-    return cpu_features().native_bf16
+    """Mixed bfloat16 for the fine-tune's training steps (`core.training.finetune_cached`): only with
+    FEWSHOT_BF16=1 (which also forces it on a CPU without it, where it is emulated and slow).
+
+    Not on by default even where the CPU has it natively (`CpuFeatures.native_bf16`): measured on an EPYC with
+    AVX512-BF16 (BENCHMARKS.md, "bfloat16 fine-tuning"), it was 1.3x faster per epoch but not on the whole
+    fine-tune of the demo (0.94x), and its training drifts from float32's enough (validation loss up to 0.015
+    apart after 8 epochs) that early stopping kept another epoch on 3 of 6 splits: predicted probabilities up to
+    0.033 from float32's model, where this project keeps a faster path only when it matches (accuracy did not
+    change). FEWSHOT_BF16=0 or unset: float32."""
+    return os.environ.get("FEWSHOT_BF16", "0") == "1"

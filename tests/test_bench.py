@@ -84,7 +84,7 @@ def test_finetune_gain_compares_the_fine_tunes_with_their_head_and_logistic_regr
 
 
 @pytest.mark.parametrize("script", ["extract.py", "train.py", "augment.py", "memory.py", "ui.py",
-                                    "finetune_cached.py", "finetune_gain.py"])
+                                    "finetune_cached.py", "finetune_gain.py", "bf16.py"])
 def test_scripts_document_how_to_run_them(script, project_root):
     text = (project_root / "bench" / script).read_text()
     assert f".venv/bin/python -m {module_of(script)}" in text

@@ -18,10 +18,17 @@ validation loss (the fine-tune's own rule), and the start kept when no epoch bea
 itself.
 
 The loop is head.py's: one compiled graph per epoch (tf.function + while_loop), no `model.fit` bookkeeping.
+
+With FEWSHOT_BF16=1 (`core.cpu.use_bf16`, off by default) or `FinetuneRecipe(bf16=True)`, the top block and the
+head compute in mixed bfloat16 in the training steps: variables, gradients, the optimizer and the softmax output
+stay float32, only the layers' arithmetic is bfloat16 (oneDNN). Validation and the model kept are float32.
+Measured against the float32 fine-tune in BENCHMARKS.md, "bfloat16 fine-tuning": why it is not the default.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +37,7 @@ from core import images
 from core.activations import ActivationCache, Activations, compute_activations, cut_backbone
 from core.backbones import build_feature_extractor, set_top_block_trainable
 from core.config import TrainConfig
+from core.cpu import use_bf16
 from core.models import build_image_classifier, is_binary
 from core.reporting import Reporter
 from core.tfenv import keras, tf
@@ -52,6 +60,8 @@ class FinetuneRecipe:
     # one more block (Lite0's block14) did not help there, and no larger dataset was at hand to show where it
     # starts to; so the top block alone, whatever the dataset's size.
     extra_blocks: int = 0
+    # Mixed bfloat16 for the training steps; None: `core.cpu.use_bf16()` (FEWSHOT_BF16=1; float32 by default).
+    bf16: bool | None = None
 
 
 PREVIOUS_RECIPE = FinetuneRecipe(calibrate_head=False, schedule="constant", extra_blocks=0)
@@ -176,6 +186,27 @@ def calibrate_head(top: keras.Model, head: keras.Model, x: np.ndarray, y: np.nda
             "val_accuracy": rounded(best["val_accuracy"]) if best else None}
 
 
+def mixed_bf16_layers(top: keras.Model, head: keras.Model) -> list[keras.layers.Layer]:
+    """The layers that compute in bfloat16 on the mixed path: the top block's and the head's, all but the head's
+    output layer, whose softmax (sigmoid) stays float32 so the loss and its small probabilities keep their digits."""
+    return [layer for layer in (*top.layers, *head.layers) if layer.name != "head_predictions"]
+
+
+@contextlib.contextmanager
+def dtype_policy(layers: Sequence[keras.layers.Layer], policy: str) -> Iterator[None]:
+    """`layers` compute under `policy` ("mixed_bfloat16": bfloat16 arithmetic on float32 variables) while a graph
+    is traced inside, then are put back. Keras reads a layer's policy at call time, so only the graphs traced here
+    are mixed; the layers (and the model saved from them) stay float32 everywhere else."""
+    before = [layer.dtype_policy for layer in layers]
+    for layer in layers:
+        layer.dtype_policy = policy
+    try:
+        yield
+    finally:
+        for layer, old in zip(layers, before):
+            layer.dtype_policy = old
+
+
 def fit_top(top: keras.Model, head: keras.Model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
             cfg: TrainConfig, n_classes: int, reporter: Reporter, recipe: FinetuneRecipe | None = None) -> dict:
     """Train `top` + `head` in place on activations `x` (versions, N, ...), one version per image per epoch.
@@ -185,8 +216,13 @@ def fit_top(top: keras.Model, head: keras.Model, x: np.ndarray, y: np.ndarray, x
     validation than the head it started from. With `recipe.calibrate_head` (and augmented copies) the head is then
     trained on all versions' features (`calibrate_head`) before the top block moves. Returns what metrics.json's
     "finetune" adds: the start's validation loss and accuracy, the calibration, the learning-rate schedule, the
-    epoch kept (0: the start) and whether the start was kept."""
+    epoch kept (0: the start), whether the start was kept, and the precision the training steps computed in.
+    With `recipe.bf16` (None: `use_bf16()`) the training steps run in mixed bfloat16 (`dtype_policy`); the
+    validation, the calibration (NumPy) and the weights kept are float32 either way."""
     recipe = recipe or FinetuneRecipe()
+    bf16 = use_bf16() if recipe.bf16 is None else recipe.bf16
+    # Mixed precision only inside the fine-tune's own graphs; float32: no layer touched, the graphs as before.
+    mixed = mixed_bf16_layers(top, head) if bf16 else []
     binary = is_binary(n_classes)
     loss_fn = keras.losses.BinaryCrossentropy() if binary else keras.losses.SparseCategoricalCrossentropy()
     weights = class_weights(y, n_classes) if cfg.class_weights == "balanced" else {}
@@ -205,8 +241,10 @@ def fit_top(top: keras.Model, head: keras.Model, x: np.ndarray, y: np.ndarray, x
 
     def forward(xb, training: bool):
         # BatchNorm of the top block in inference mode (as the full path's `extractor(..., training=False)`);
-        # the head's dropout is active while training, as in `fit`.
-        return head(top(tf.cast(xb, tf.float32), training=False), training=training)
+        # the head's dropout is active while training, as in `fit`. Validation stays float32 on the bfloat16 path:
+        # the epoch kept is chosen on the numbers the float32 fine-tune and the calibration compare.
+        with dtype_policy(mixed if training else [], "mixed_bfloat16"):
+            return head(top(tf.cast(xb, tf.float32), training=False), training=training)
 
     def loss_of(out, yb, sample_weight=None):
         target = tf.cast(tf.reshape(yb, (-1, 1)), tf.float32) if binary else yb
@@ -250,7 +288,8 @@ def fit_top(top: keras.Model, head: keras.Model, x: np.ndarray, y: np.ndarray, x
     best, best_weights, best_epoch, waited = np.inf, None, None, 0
     outcome: dict = {"start_val_loss": None, "start_val_accuracy": None, "calibrated_head": None,
                      "schedule": recipe.schedule, "peak_lr": cfg.finetune_lr, "steps": epochs * steps,
-                     "warmup_steps": getattr(lr, "warmup_steps", 0)}
+                     "warmup_steps": getattr(lr, "warmup_steps", 0),
+                     "precision": "mixed_bfloat16" if bf16 else "float32"}
     if has_val:
         start_loss, start_acc = evaluate()
         outcome |= {"start_val_loss": rounded(start_loss), "start_val_accuracy": rounded(start_acc)}
