@@ -88,37 +88,6 @@ def demo_run(tmp_path_factory) -> Path:
     return run.path
 
 
-class DemoExports:
-    """The demo run's conversions (core.export.formats), each made at most once per session by the app's own
-    `export_format` (convert, then re-run the file on the validation photos) into one copy of the demo run.
-
-    A conversion of EfficientNet-Lite0 takes tens of seconds, and several test modules need the same files: they
-    ask for a format with `make(fmt)` (its check, as export_format returned it) and read `run_dir`; a test that
-    changes files works on a copy of the folder."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        self._checks: dict[str, dict] = {}
-
-    def make(self, fmt: str) -> dict:
-        if fmt not in self._checks:
-            from core.export import export_format
-            from core.runs import Run
-
-            if fmt == "web":  # the page embeds the run's current model.onnx rather than converting it again
-                self.make("onnx")
-            self._checks[fmt] = export_format(Run(self.run_dir), fmt)
-        return self._checks[fmt]
-
-
-@pytest.fixture(scope="session")
-def demo_exports(demo_run, tmp_path_factory) -> DemoExports:
-    """A copy of the demo run whose conversions are made on first request (see DemoExports). Read-only."""
-    run_dir = tmp_path_factory.mktemp("exports_ws") / "runs" / demo_run.name
-    shutil.copytree(demo_run, run_dir)
-    return DemoExports(run_dir)
-
-
 @pytest.fixture(scope="session")
 def demo_story(tmp_path_factory) -> Path:
     """A finished recipe story on the demo dataset (scratch 2 epochs, bottleneck, finetune 1 epoch), queued in a

@@ -1,9 +1,6 @@
-"""Issue 13.5: the conversions of a real run (the demo, EfficientNet-Lite0) — ONNX, int8 TFLite and the web page
-that embeds the ONNX model — each checked on the validation photos, and the snippet shown with each download runs.
-One conversion per format per session: each takes tens of seconds, so they are made once (the `demo_exports`
-fixture, core.export.export_format) and shared with tests/test_training.py (the float TFLite) and the browser
-test's downloads. The command line's `export --format`: tests/test_export_web.py (web) and
-tests/test_reliability_round2.py (the default, TFLite)."""
+"""Issue 13.5: the conversions of a real run (the demo, EfficientNet-Lite0) — ONNX through the command line,
+int8 TFLite in-process — each checked on the validation photos, and the snippet shown with each download runs.
+One conversion per format: each takes tens of seconds. (The float TFLite: tests/test_training.py.)"""
 from __future__ import annotations
 
 import json
@@ -39,18 +36,19 @@ def _a_val_photo(run: Run):
     return row["path"], row["label"]
 
 
-def test_onnx_export_is_checked_with_onnxruntime(demo_exports, project_root, tmp_path):
-    from core.__main__ import export_summary
-
-    check = demo_exports.make("onnx")
-    run_dir = demo_exports.run_dir
-    run = Run(run_dir)
-    assert check == run.exports()["onnx"] and check["file"] == "model.onnx"
-    assert "same answer as the app on 100.0%" in export_summary(check)  # what the command line prints
+def test_onnx_export_from_the_command_line_is_checked_with_onnxruntime(run_copy, project_root, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-m", "core", "export", str(run_copy), "--format", "onnx"],
+                            capture_output=True, text=True, cwd=project_root, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(run_copy / "model.onnx")
+    assert "same answer as the app on 100.0%" in result.stderr  # the check, printed
+    run = Run(run_copy)
+    check = run.exports()["onnx"]
     assert check["n_images"] == len(run.predictions().query("split == 'val'"))
     assert check["same_top1"] == 1.0 and check["max_abs_diff"] < 1e-4
     assert check["accuracy"] == check["app_accuracy"] >= 0.9
-    assert check["size_bytes"] == (run_dir / "model.onnx").stat().st_size > 1e6
+    assert check["size_bytes"] == (run_copy / "model.onnx").stat().st_size > 1e6
 
     # Independently of the check: ONNX Runtime on a photo equals model.keras on the same photo, raw.
     import onnxruntime
@@ -59,23 +57,23 @@ def test_onnx_export_is_checked_with_onnxruntime(demo_exports, project_root, tmp
     from core.images import load_resized, load_rgb
 
     path, label = _a_val_photo(run)
-    session = onnxruntime.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(run_copy / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_probs = session.run(None, {"image": load_resized(path, 224)[None]})[0][0]
     raw = load_rgb(path, max_side=448)[None].astype(np.float32)  # any size: model.keras resizes it itself
     keras_probs = load_model(run.model_path).predict(raw, verbose=0)[0]  # as in the README
     np.testing.assert_allclose(onnx_probs, keras_probs, atol=1e-4)
     assert run.labels()[int(onnx_probs.argmax())] == label
-    assert _run_snippet("onnx", run_dir, path, tmp_path, project_root) == label
+    assert _run_snippet("onnx", run_copy, path, tmp_path, project_root) == label
 
 
-def test_int8_tflite_is_integer_only_four_times_smaller_and_reports_its_accuracy_cost(demo_exports, project_root,
+def test_int8_tflite_is_integer_only_four_times_smaller_and_reports_its_accuracy_cost(run_copy, project_root,
                                                                                       tmp_path):
+    from core.export import export_format
     from core.tfenv import tf
 
-    check = demo_exports.make("tflite-int8")
-    run_dir = demo_exports.run_dir
-    run = Run(run_dir)
-    out = run_dir / "model-int8.tflite"
+    run = Run(run_copy)
+    check = export_format(run, "tflite-int8")
+    out = run_copy / "model-int8.tflite"
     assert check == run.exports()["tflite-int8"] and check["file"] == out.name
     assert check["size_bytes"] == out.stat().st_size < 0.35 * check["keras_size_bytes"]
     assert check["n_images"] > 10
@@ -90,7 +88,7 @@ def test_int8_tflite_is_integer_only_four_times_smaller_and_reports_its_accuracy
     assert np.float32 not in kinds, kinds
 
     path, label = _a_val_photo(run)
-    assert _run_snippet("tflite-int8", run_dir, path, tmp_path, project_root) == label
+    assert _run_snippet("tflite-int8", run_copy, path, tmp_path, project_root) == label
 
 
 def test_unknown_format_and_missing_model_are_readable_errors(run_copy, project_root):

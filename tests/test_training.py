@@ -139,12 +139,12 @@ def test_demo_bottleneck_accuracy(demo_run):
     assert len(metrics["confusion"]) == 4 and sum(map(sum, metrics["confusion"])) == metrics["n_val"]
 
 
-def test_tflite_export_matches_keras(demo_run, demo_exports):
-    from core.export import load_model
+def test_tflite_export_matches_keras(demo_run, tmp_path):
+    from core.export import export_tflite, load_model
     from core.images import load_resized
     from core.tfenv import tf
 
-    out = demo_exports.run_dir / demo_exports.make("tflite")["file"]  # converted once per session
+    out = export_tflite(demo_run / "model.keras", tmp_path / "model.tflite")
     interpreter = tf.lite.Interpreter(model_path=str(out))
     interpreter.allocate_tensors()
     inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
