@@ -193,6 +193,8 @@ def _worker_extract(payload: dict) -> dict:
 
 def worker(payload: dict) -> dict:
     kind = payload["kind"]
+    if kind == "batch":  # a smoke test's jobs, one after another in this one process
+        return {"results": [worker(job) for job in payload["jobs"]]}
     return {"limits": _worker_limits, "convert": _worker_convert, "extract": _worker_extract}[kind](payload)
 
 
@@ -202,26 +204,39 @@ def measure(datasets: list[Path], backbones: list[str], systems: list[str], reps
             smoke: bool = False) -> dict:
     features_dir = Path(tempfile.mkdtemp(prefix="fewshot-bench-features-"))
     results: dict = {"limits": [], "convert": {}, "runs": [], "features_dir": str(features_dir)}
+    jobs: list[tuple[tuple, dict, dict]] = []  # (where its result goes, the worker's payload, its environment)
     for backbone in backbones:
         if backbone in ("efficientnet_lite0", "efficientnet_lite2") and "project" in systems:
-            results["convert"][backbone] = run_worker(MODULE, {"kind": "convert", "backbone": backbone,
-                                                                "time_fresh": not smoke}, PROJECT_THREADS)
+            jobs.append((("convert", backbone), {"kind": "convert", "backbone": backbone, "time_fresh": not smoke},
+                         PROJECT_THREADS))
     payload = {"kind": "extract", "datasets": [str(d) for d in datasets], "passes": passes,
                "features_dir": str(features_dir)}
     for rep in range(reps):
-        results["limits"].append(run_worker(MODULE, {"kind": "limits", "n": n, "backbones": backbones},
-                                            PROJECT_THREADS))
+        jobs.append((("limits",), {"kind": "limits", "n": n, "backbones": backbones}, PROJECT_THREADS))
         for backbone in backbones:
             order = systems[rep % len(systems):] + systems[:rep % len(systems)]
-            # One fresh process per system (a smoke test puts them all in one, with the first one's threading).
+            # One fresh process per system (a smoke test puts them all in one).
             for group in ([order] if smoke else [[s] for s in order]):
-                res = run_worker(MODULE, {**payload, "backbone": backbone, "systems": group}, SYSTEMS[group[0]][1])
-                for system, per_dataset in res["systems"].items():
-                    results["runs"].append({"rep": rep, "backbone": backbone, "system": system,
-                                            "datasets": per_dataset})
-                    print(f"  round {rep + 1}/{reps} {backbone} {system}: " + ", ".join(
-                        f"{Path(d).name} {v['n'] / v['seconds'][-1]:.1f} img/s" for d, v in per_dataset.items()),
-                        file=sys.stderr, flush=True)
+                jobs.append((("extract", rep, backbone), {**payload, "backbone": backbone, "systems": group},
+                             SYSTEMS[group[0]][1]))
+    if smoke:
+        # Every job in one worker process, with the first job's threading: a fresh process for each would only
+        # import TensorFlow and build the backbone again (no number of a smoke test is read).
+        outs = run_worker(MODULE, {"kind": "batch", "jobs": [job for _, job, _ in jobs]}, jobs[0][2])["results"]
+    else:
+        outs = (run_worker(MODULE, job, env) for _, job, env in jobs)  # one at a time, in this order
+    for (where, _, _), res in zip(jobs, outs):
+        if where[0] == "convert":
+            results["convert"][where[1]] = res
+        elif where[0] == "limits":
+            results["limits"].append(res)
+        else:
+            _, rep, backbone = where
+            for system, per_dataset in res["systems"].items():
+                results["runs"].append({"rep": rep, "backbone": backbone, "system": system, "datasets": per_dataset})
+                print(f"  round {rep + 1}/{reps} {backbone} {system}: " + ", ".join(
+                    f"{Path(d).name} {v['n'] / v['seconds'][-1]:.1f} img/s" for d, v in per_dataset.items()),
+                    file=sys.stderr, flush=True)
     return results
 
 
@@ -324,7 +339,7 @@ def main() -> None:
     tmp = None
     if args.tiny:
         tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-tiny-"))
-        args.datasets = [make_tiny_dataset(tmp / "tiny", classes=2, per_class=3)]  # all systems in one process
+        args.datasets = [make_tiny_dataset(tmp / "tiny", classes=2, per_class=3)]  # every job in one process
         args.backbones, args.reps, args.passes, n = ["efficientnet_lite0"], 1, 1, 256
     datasets = [d.resolve() for d in (args.datasets or default_datasets())]
     results = measure(datasets, args.backbones, args.systems, args.reps, args.passes, n, smoke=args.tiny)
