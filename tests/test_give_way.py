@@ -3,6 +3,8 @@ retrain clicked just after a run's results must not wait ~10 s for that run's ch
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,18 +27,20 @@ def test_nothing_asks_outside_the_worker_and_the_hook_is_undone():
     give_way_if_asked()  # the previous (never asking) hook is back
 
 
-def test_cross_validation_stops_between_folds_when_a_run_waits():
+def test_cross_validation_stops_within_an_epoch_when_a_run_waits():
     x, y = _blobs()
-    cfg = TrainConfig(epochs=3, batch_size=4)
-    folds_begun = []
+    cfg = TrainConfig(epochs=3, batch_size=4, early_stopping=False)
+    asks = []
 
     def asked() -> bool:
-        folds_begun.append(1)
-        return len(folds_begun) > 2  # a run is queued while the second fold trains
+        asks.append(1)
+        return len(asks) >= 3  # a run is queued while the first fold's second epoch trains
 
     with giving_way_when(asked), pytest.raises(GaveWay):
         cross_validate_head(x, y, 2, cfg)
-    assert len(folds_begun) == 3  # two folds done, the third never started
+    # Asked before the first fold and after each epoch: it stopped after the second epoch, not at the fold's end
+    # (which would have been the fifth ask: before the fold, three epochs, before the next fold).
+    assert len(asks) == 3
     assert cross_validate_head(x, y, 2, cfg) is not None  # done again later, from its start
 
 
@@ -67,26 +71,88 @@ def test_the_worker_runs_the_run_first_then_the_bonus_work_again(workspace, tiny
     assert calls[-2:] == ["begun", "done"] and not worker.deferred
 
 
-def test_a_step_that_cannot_give_way_runs_as_a_child_process_that_a_queued_run_stops(workspace, tiny_dataset,
-                                                                                     tmp_path):
-    """The export check (one uncut reload of seconds) runs as a child process: a queued run stops it at once and
-    it stays first in line, untouched; with no run waiting it runs to its end."""
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (R running, S sleeping, T stopped, Z zombie); "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def test_a_step_that_cannot_give_way_runs_as_a_child_process_that_a_queued_run_pauses(workspace, tiny_dataset,
+                                                                                      tmp_path):
+    """The export check (one uncut reload of seconds) runs as a child process: a queued run pauses it at once
+    (SIGSTOP: no CPU, no progress, nothing lost), it stays first in line, and with the queue empty again it is
+    resumed where it was and runs to its end."""
     from core.engine import queue
     from core.engine.worker import Deferred, _Worker
     from core.runs import create_run
 
     worker = _Worker()
-    finished = tmp_path / "finished"
-    slow = Deferred(lambda: None, command=[sys.executable, "-c", "import pathlib, time; time.sleep(120); "
-                                           f"pathlib.Path({str(finished)!r}).touch()"])
-    worker.deferred.append(slow)
+    finished, ticks = tmp_path / "finished", tmp_path / "ticks"
+    # Counts to 30 in 0.1 s steps (3 s of running), then says it finished.
+    script = (f"import pathlib, time\nfor i in range(30):\n    pathlib.Path({str(ticks)!r}).write_text(str(i))\n"
+              f"    time.sleep(0.1)\npathlib.Path({str(finished)!r}).touch()")
+    step = Deferred(lambda: None, command=[sys.executable, "-c", script], log=tmp_path / "log.txt")
+    worker.defer(step)
     entry = queue.enqueue(create_run(TrainConfig(data=str(tiny_dataset), mode="scratch")))
-    worker._run_deferred()
-    assert list(worker.deferred) == [slow] and not finished.exists()  # stopped, not waited for
-    queue.remove(entry)
-    quick = Deferred(lambda: None, command=[sys.executable, "-c", f"import pathlib; pathlib.Path({str(finished)!r})"
-                                                                  ".touch()"], log=tmp_path / "log.txt")
-    worker.deferred.clear()
-    worker.deferred.append(quick)
-    worker._run_deferred()  # the queue is empty: to its end
-    assert finished.exists() and not worker.deferred
+    try:
+        worker._run_deferred()  # started, then paused at its first look at the queue
+        assert list(worker.deferred) == [step] and step.child is not None
+        assert _state(step.child.pid) == "T"  # stopped: it neither runs nor has ended
+        ticked = ticks.read_text() if ticks.exists() else ""
+        time.sleep(0.5)
+        assert (ticks.read_text() if ticks.exists() else "") == ticked and not finished.exists()
+        queue.remove(entry)
+        worker._run_deferred()  # the queue is empty: resumed where it was, to its end
+        assert finished.exists() and not worker.deferred and step.child is None
+    finally:
+        if step.child is not None:
+            step.child.kill()
+
+
+def test_deferred_work_goes_by_rank_then_first_come(workspace):
+    """Model files (rank 0) before bonus work (1) before export checks (2), whatever order the runs finished in:
+    a check that a new run paused never holds back that run's model file."""
+    from core.engine.worker import Deferred, _Worker
+
+    worker = _Worker()
+    for name, rank in [("check A", 2), ("model B", 0), ("cv B", 1), ("check B", 2), ("model C", 0)]:
+        worker.defer(Deferred(lambda: None, log=Path(name), rank=rank))
+    assert [str(d.log) for d in worker.deferred] == ["model B", "model C", "cv B", "check A", "check B"]
+
+
+def test_a_paused_child_does_not_outlive_a_killed_worker(workspace, tiny_dataset, tmp_path):
+    """A worker killed (SIGKILL) while a run has paused its child: the kernel hangs up the orphaned, stopped child,
+    so no paused process is left behind holding memory."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    script = f"""
+import json, sys, time
+from core.config import TrainConfig
+from core.engine import queue
+from core.engine.worker import Deferred, _Worker
+from core.runs import create_run
+worker = _Worker()
+worker.defer(Deferred(lambda: None, command=[sys.executable, "-c", "import time; time.sleep(60)"]))
+queue.enqueue(create_run(TrainConfig(data={str(tiny_dataset)!r}, mode="scratch")))
+worker._run_deferred()
+print(json.dumps({{"child": worker.deferred[0].child.pid}}), flush=True)
+time.sleep(60)
+"""
+    helper = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True, env=dict(os.environ))  # as ensure_worker starts a worker
+    try:
+        child = json.loads(helper.stdout.readline())["child"]
+        assert _state(child) == "T"
+        os.kill(helper.pid, signal.SIGKILL)
+        helper.wait(10)
+        deadline = time.time() + 10
+        while _state(child) not in ("", "Z") and time.time() < deadline:
+            time.sleep(0.05)
+        assert _state(child) in ("", "Z")  # gone (or a zombie waiting for init to reap it)
+    finally:
+        helper.kill()

@@ -54,7 +54,7 @@ class _StoppedWhileQueued(Exception):
 
 def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-process",
                 handle_sigterm: bool = True,
-                defer: Callable[[Callable[[], None], float, list[str] | None], None] | None = None,
+                defer: Callable[[Callable[[], None], float, list[str] | None, int], None] | None = None,
                 exclusive: bool = True, node: str = "this machine") -> RunStatus:
     """Train the run in this process; returns its status once the results are on disk. Never raises for a
     training failure.
@@ -65,8 +65,9 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
 
     What follows the results (a bottleneck run's model.keras, the export check) runs before returning, or is
     handed to `defer` step by step, each with how long the queue must have been idle before it and, for a step
-    that cannot give way, the command line that does it in a child process: the warm worker runs them when no
-    other run is waiting, so a retrain queued behind this run does not wait for them."""
+    that cannot give way, the command line that does it in a child process, and its rank (model files first):
+    the warm worker runs them when no other run is waiting, so a retrain queued behind this run does not wait for
+    them."""
     # The process is recorded before anything slow (importing TensorFlow takes seconds): a kill in that window
     # must leave the run failed, not "queued" forever.
     pid = os.getpid()
@@ -96,9 +97,9 @@ def execute_run(run: Run, terminal: TextIO | None = None, executor: str = "in-pr
                           message="finished" if state == "done" else "stopped; the best model so far was saved",
                           val_accuracy=result.metrics.get("val_accuracy"),
                           model_file="writing" if result.model_pending else "ready")
-        for step, after_idle, command in _after_results(run, result.model_pending, verify_export):
+        for step, after_idle, command, rank in _after_results(run, result.model_pending, verify_export):
             if defer is not None:
-                defer(step, after_idle, command)  # one at a time: the worker looks at its queue between them
+                defer(step, after_idle, command, rank)  # one at a time: the worker looks at its queue between them
             else:
                 step()
         return run.status()
@@ -139,27 +140,29 @@ def _log_traceback(run: Run) -> None:
 # How long the warm worker's queue must have been empty before it starts each step (seconds): a user who fixes
 # labels and clicks Retrain right after a run must find the worker free, not inside a step that cannot be cut.
 MODEL_FILE_IDLE_SECONDS = 2.0   # ~1 s (quiet) to ~3 s (loaded); needed to predict new photos and to download
-CROSSVAL_IDLE_SECONDS = 2.0     # it gives way between folds (~1 s each): no longer wait needed
-# The export check reloads model.keras: ~3 s that cannot be cut short. It could run as a child process that the
-# worker stops when a run is queued (`python -m core export RUN --check`, the worker's `Deferred.command`), but a
-# child imports TensorFlow again (~5-10 s of CPU per run) and, queued in order, held back later runs' model files
-# in a loaded test suite; so it stays in the worker, after a long idle wait, until the worker can order its steps.
-CHECK_IDLE_SECONDS = 10.0
-CHECK_IN_CHILD = False
+CROSSVAL_IDLE_SECONDS = 2.0     # it gives way between epochs (~15 ms each): no longer wait needed
+# The export check reloads model.keras: ~3 s that cannot be cut short in the worker. So the worker runs it as a
+# child process (`python -m core export RUN --check`) that it pauses the moment a run is queued and resumes when the
+# queue is empty again; the child costs a TensorFlow import (seconds of CPU, niced) but a click never waits for it.
+# Model files rank before checks, so a paused check never holds back a later run's model file.
+CHECK_IN_CHILD = True
+CHECK_IDLE_SECONDS = 2.0 if CHECK_IN_CHILD else 10.0
+# The worker's order for deferred steps, whatever order the runs finished in.
+RANK_MODEL_FILE, RANK_BONUS, RANK_CHECK = 0, 1, 2
 
-AfterStep = tuple[Callable[[], None], float, "list[str] | None"]
+AfterStep = tuple[Callable[[], None], float, "list[str] | None", int]
 
 
 def _after_results(run: Run, model_pending: bool, verify) -> list[AfterStep]:
-    """What follows the results, in order, each with the idle time the warm worker waits for before it and, where
-    the step cannot give way to a waiting run (core.give_way) from inside, the command line that does it in a
-    child process instead: the model file, then the bonus work: the cross-validation (it gives way between
-    folds, ~1 s each), the export check last."""
-    steps: list[AfterStep] = [(functools.partial(write_run_model, run), MODEL_FILE_IDLE_SECONDS, None)
-                              ] if model_pending else []
+    """What follows the results, in order, each with the idle time the warm worker waits for before it, the
+    command line that does it in a child process where the step cannot give way to a waiting run (core.give_way)
+    from inside, and its rank in the worker's deferred queue: the model file, then the bonus work: the
+    cross-validation (it gives way between epochs), the export check last."""
+    steps: list[AfterStep] = [(functools.partial(write_run_model, run), MODEL_FILE_IDLE_SECONDS, None,
+                               RANK_MODEL_FILE)] if model_pending else []
     check_command = [sys.executable, "-m", "core", "export", str(run.path), "--check"] if CHECK_IN_CHILD else None
-    return steps + [(functools.partial(_cross_validate, run), CROSSVAL_IDLE_SECONDS, None),
-                    (functools.partial(_verify, run, verify), CHECK_IDLE_SECONDS, check_command)]
+    return steps + [(functools.partial(_cross_validate, run), CROSSVAL_IDLE_SECONDS, None, RANK_BONUS),
+                    (functools.partial(_verify, run, verify), CHECK_IDLE_SECONDS, check_command, RANK_CHECK)]
 
 
 def _cross_validate(run: Run) -> None:

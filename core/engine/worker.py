@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core import fsutil
@@ -50,9 +50,15 @@ class Deferred:
     job: Callable[[], None]
     after_idle: float = DEFER_IDLE_SECONDS  # seconds of an empty queue before it starts
     # A step that cannot give way from inside (Keras reloading a model file is one uncut call of seconds): the same
-    # step as a command line, run as a child process that is stopped the moment a run is queued.
+    # step as a command line, run as a child process that is paused (SIGSTOP) the moment a run is queued and
+    # resumed, where it was, when the queue is empty again.
     command: list[str] | None = None
     log: Path | None = None  # where the child's output goes (the run's log.txt)
+    # Which deferred work goes first, whatever the order the runs finished in: a run's model file (0) before any
+    # bonus work (1: cross-validation, conversions; 2: export checks), so a check paused by a new run never holds
+    # back that run's model file.
+    rank: int = 1
+    child: subprocess.Popen | None = field(default=None, repr=False)  # the paused child process, if any
 
 
 @dataclass
@@ -182,6 +188,8 @@ def warm_up() -> None:
             cached_extractor(backbone)
         else:  # XNNPACK packs its weights and sizes its buffers at the first invoke: here, not in the first run
             fast.predict(np.zeros((EXTRACT_BATCH, *fast.input_shape), np.float32))
+            # Keras' network, which only the model files need, is not built here: in a thread beside the first run
+            # (tried) it took a core from that run's extraction on 2 cores (cold demo run 4.0 s -> 6.5 s).
     except Exception:  # no weights here (offline, no package): runs will say why; the worker still serves
         traceback.print_exc()
 
@@ -193,7 +201,7 @@ class _Worker:
         self.exiting = False
         self.current: Run | None = None
         self.waiting = queue.queue_dir()  # listed as it is from here on: a deleted workspace is never made again
-        # Model files and export checks of finished runs: done when no run waits (results come first).
+        # Model files and export checks of finished runs: done when no run waits (results come first), by rank.
         self.deferred: collections.deque[Deferred] = collections.deque()
 
     def on_sigterm(self, *_: object) -> None:
@@ -236,8 +244,8 @@ class _Worker:
             self.current = run
             with _output_to(run.log_path):
                 execute_run(run, executor="warm worker", handle_sigterm=False,
-                            defer=lambda job, after_idle, command, log=run.log_path: self.deferred.append(
-                                Deferred(functools.partial(self._logged, job, log), after_idle, command, log)))
+                            defer=lambda job, after_idle, command, rank, log=run.log_path: self.defer(
+                                Deferred(functools.partial(self._logged, job, log), after_idle, command, log, rank)))
             self.current = None
             self._prepare_fast_extractor(run)
             self.info.state, self.info.current_run = "ready", None
@@ -259,9 +267,15 @@ class _Worker:
         try:
             cfg = run.config()
             if cfg.mode != "scratch" and get_backbone(cfg.backbone).fast_extract:
-                self.deferred.append(Deferred(functools.partial(fast_extractor, cfg.backbone, MIN_IMAGES_TO_CONVERT)))
+                self.defer(Deferred(functools.partial(fast_extractor, cfg.backbone, MIN_IMAGES_TO_CONVERT)))
         except Exception:  # an unreadable config or an unknown backbone: the run already said why
             pass
+
+    def defer(self, item: Deferred) -> None:
+        """Queue deferred work behind every item of its rank or lower (the queue stays sorted by rank; within a
+        rank, first come first served)."""
+        at = next((i for i, queued in enumerate(self.deferred) if queued.rank > item.rank), len(self.deferred))
+        self.deferred.insert(at, item)
 
     def _run_deferred(self, give_way: bool = True) -> None:
         """The oldest deferred job; bonus work in it gives way to a run that is waiting (and is done again later,
@@ -272,6 +286,7 @@ class _Worker:
             if not self._run_child(item, run_waiting):
                 self.deferred.appendleft(item)
             return
+        _end_child(item)  # exiting: a paused child is not resumed; the step is done here, where TF is loaded
         # In this process: a step that gives way from inside, or any step while the worker exits (nothing will wait,
         # and TensorFlow is loaded here already).
         try:
@@ -283,28 +298,53 @@ class _Worker:
             traceback.print_exc()
 
     def _run_child(self, item: Deferred, run_waiting: Callable[[], bool]) -> bool:
-        """Run a deferred step's command as a child process, niced; True once it ended (its own failures are its
-        run's business, written in its log), False when it was stopped because a run is waiting or the worker is
-        exiting (which then does the step itself)."""
-        with open(item.log or os.devnull, "ab") as log:
-            child = subprocess.Popen(item.command, cwd=PROJECT_ROOT, stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL)
-        try:
-            os.setpriority(os.PRIO_PROCESS, child.pid, CHILD_NICENESS)
-        except OSError:  # already ended, or a platform without priorities: it only runs a little less politely
-            pass
+        """Run a deferred step's command as a child process, niced, or resume the one a run paused; True once it
+        ended (its own failures are its run's business, written in its log), False when it was paused because a
+        run is waiting, or ended because the worker is exiting (which then does the step itself)."""
+        child = item.child
+        if child is None:
+            with open(item.log or os.devnull, "ab") as log:
+                # Its own process group: should the worker die while the child is paused, the kernel wakes and hangs
+                # up an orphaned group that has a stopped member, so no paused child outlives the worker.
+                child = item.child = subprocess.Popen(item.command, cwd=PROJECT_ROOT, stdout=log, stderr=log,
+                                                      stdin=subprocess.DEVNULL, process_group=0)
+            try:
+                os.setpriority(os.PRIO_PROCESS, child.pid, CHILD_NICENESS)
+            except OSError:  # already ended, or a platform without priorities: it only runs a little less politely
+                pass
+        else:
+            _signal(child, signal.SIGCONT)
         while child.poll() is None:
-            if run_waiting() or self.exiting:
-                child.kill()  # its writes are atomic: the run keeps the previous metrics.json whole
-                child.wait()
+            if self.exiting:
+                _end_child(item)
+                return False
+            if run_waiting():
+                _signal(child, signal.SIGSTOP)  # paused where it is: no CPU while the run trains, no work lost
                 return False
             time.sleep(POLL_SECONDS)
+        item.child = None
         return True
 
     @staticmethod
     def _logged(job: Callable[[], None], log: Path) -> None:
         with _output_to(log):
             job()
+
+
+def _signal(child: subprocess.Popen, sig: int) -> None:
+    try:
+        child.send_signal(sig)
+    except ProcessLookupError:  # it has just ended
+        pass
+
+
+def _end_child(item: Deferred) -> None:
+    """Kill a deferred step's child process, paused or not (its writes are atomic: the run keeps the previous
+    metrics.json whole)."""
+    if item.child is not None:
+        item.child.kill()
+        item.child.wait()
+        item.child = None
 
 
 def main() -> int:

@@ -60,6 +60,11 @@ def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     return folds
 
 
+def _give_way_between_epochs(_row: dict) -> bool:
+    give_way_if_asked()  # an epoch is ~15 ms (a fold ~1 s): a waiting run starts at once
+    return False
+
+
 def cross_validate_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig,
                         k: int = CV_FOLDS) -> CrossValidation | None:
     """k-fold CV of the run's head settings on features `x`; None when there are too few photos for 2 folds."""
@@ -70,14 +75,14 @@ def cross_validate_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: Train
     probs = np.zeros((len(y), max(n_classes, 2)))
     accs, sizes = [], []
     for fold in range(k):
-        give_way_if_asked()  # a fold is about a second: a waiting run starts within one
+        give_way_if_asked()
         held, kept = folds == fold, folds != fold
         keras.utils.set_random_seed(cfg.seed + fold)
         head = build_head(x.shape[1], n_classes, cfg.dense_units, cfg.dropout)
         weights = class_weights(y[kept], n_classes) if cfg.class_weights == "balanced" else None
         fit_head(head, x[kept], y[kept], x[held], y[held],
                  HeadFitConfig(cfg.epochs, cfg.batch_size, cfg.lr, cfg.patience if cfg.early_stopping else None,
-                               cfg.seed + fold), weights)
+                               cfg.seed + fold), weights, on_epoch=_give_way_between_epochs)
         p = two_column(head_probabilities(head, x[held]))
         probs[held] = p
         accs.append(float((p.argmax(axis=1) == y[held]).mean()))
