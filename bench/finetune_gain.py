@@ -22,6 +22,8 @@ Datasets (default): the built-in demo, tuxpaint-stamps (read where it lies, GPL:
 subsample made from the `dataset-fashion-mnist` Debian package on this machine (its .deb in apt's cache, or the
 installed /usr/share/datasets/fashion-mnist): 40 photos of each of the 5 classes sandal, shirt, sneaker, bag and
 ankle boot from its test set, drawn with a fixed seed, written as 28×28 PNGs into the temporary folder.
+`--digits` adds scikit-learn's bundled 8×8 handwritten digits (20 of each of 10 digits, 200 photos, never looked at
+while choosing the recipe; `--only-digits` runs them alone).
 `--dev` uses another subsample (the other 5 classes, from its training set): what was looked at while choosing
 the recipe, so the default datasets are ones it was not tuned on.
 
@@ -100,6 +102,28 @@ def fashion_mnist(out: Path, part: str, classes: list[int], per_class: int, seed
             path = out / FMNIST_CLASSES[c] / f"{part}_{i:05d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[i]).convert("RGB").save(path)
+    marker.touch()
+    return out
+
+
+def sklearn_digits(out: Path, per_class: int, seed: int = 0) -> Path:
+    """OUT/<digit>/<index>.png: `per_class` of scikit-learn's bundled handwritten digits per class (UCI's 8×8
+    greyscale digits, 16 levels; shipped inside the scikit-learn package, no download), drawn with a fixed seed.
+    Far from ImageNet's photos: where a frozen network's features fit least, so fine-tuning has room to help."""
+    marker = out / f".complete-digits-{per_class}-{seed}"
+    if marker.exists():
+        return out
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    for c in range(10):
+        for i in rng.choice(np.flatnonzero(digits.target == c), per_class, replace=False):
+            path = out / str(c) / f"digit_{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = (digits.images[i] * (255 / 16)).round().astype(np.uint8)  # 0-16 -> 0-255
+            Image.fromarray(255 - pixels).convert("RGB").save(path)  # dark ink on white paper
     marker.touch()
     return out
 
@@ -241,6 +265,9 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=DEFAULT_CONFIGS)
     parser.add_argument("--no-head-aug", action="store_true", help="skip the bottleneck head on K=4 copies")
     parser.add_argument("--dev", action="store_true", help="the development subsample of Fashion-MNIST only")
+    parser.add_argument("--digits", action="store_true",
+                        help="add scikit-learn's 8x8 digits (20 per class, 200 photos) to the default datasets")
+    parser.add_argument("--only-digits", action="store_true", help="scikit-learn's digits only")
     parser.add_argument("--workspace", type=Path, help="keep the feature and activation caches here (reused)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fewshot-bench-gain-"))
@@ -260,6 +287,8 @@ def run(args, tmp: Path) -> None:
         args.configs, args.no_head_aug = ["before", "after"], True
     elif args.dev:
         datasets = [fashion_mnist(data_root / "fewshot-bench-fmnist-dev", "train", [0, 1, 2, 3, 4], 30)]
+    elif args.only_digits:
+        datasets = [sklearn_digits(data_root / "fewshot-bench-digits", 20)]
     elif args.data:
         datasets = args.data
     else:
@@ -268,6 +297,8 @@ def run(args, tmp: Path) -> None:
             datasets.append(fashion_mnist(data_root / "fewshot-bench-fmnist", "t10k", [5, 6, 7, 8, 9], 40))
         except (FileNotFoundError, subprocess.CalledProcessError) as exc:
             print(f"Fashion-MNIST left out: {exc}", file=sys.stderr)
+        if args.digits:
+            datasets.append(sklearn_digits(data_root / "fewshot-bench-digits", 20))
     print(machine_line(), flush=True)
     keys = ["logreg", "head", *([] if args.no_head_aug else ["head_aug"]),
             *(["calibrated"] if "after" in args.configs else []), *args.configs]
