@@ -167,9 +167,10 @@ def _output_to(path: Path) -> Iterator[None]:
         os.close(saved[1])
 
 
-def warm_up() -> None:
+def warm_up() -> str | None:
     """What every run needs, paid once: TensorFlow, the training code, the default backbone's fast extractor
-    (converted here once if it never was, so small datasets get it too; Keras' extractor where it cannot be)."""
+    (converted here once if it never was, so small datasets get it too; Keras' extractor where it cannot be).
+    Returns the backbone whose Keras network is still to build (only model files need it), if any."""
     import numpy as np
 
     from core.backbones import DEFAULT_BACKBONE
@@ -179,18 +180,31 @@ def warm_up() -> None:
 
     backbone = os.environ.get("FEWSHOT_WARM_BACKBONE", DEFAULT_BACKBONE)
     if backbone in ("", "none"):  # TensorFlow and the training code only (tests that train from scratch)
-        return
+        return None
     try:
         # The fast extractor is all a bottleneck run needs before its results; the Keras one (seconds to build) only
-        # where there is no fast one. A run's model file builds the Keras network later, when the worker is idle.
+        # where there is no fast one.
         fast = fast_extractor(backbone, n_images=MIN_IMAGES_TO_CONVERT)
         if fast is None:
             cached_extractor(backbone)
-        else:  # XNNPACK packs its weights and sizes its buffers at the first invoke: here, not in the first run
-            fast.predict(np.zeros((EXTRACT_BATCH, *fast.input_shape), np.float32))
-            # Keras' network, which only the model files need, is not built here: in a thread beside the first run
-            # (tried) it took a core from that run's extraction on 2 cores (cold demo run 4.0 s -> 6.5 s).
+            return None
+        # XNNPACK packs its weights and sizes its buffers at the first invoke: here, not in the first run.
+        fast.predict(np.zeros((EXTRACT_BATCH, *fast.input_shape), np.float32))
+        return backbone
     except Exception:  # no weights here (offline, no package): runs will say why; the worker still serves
+        traceback.print_exc()
+        return None
+
+
+def _build_keras_extractor(backbone: str) -> None:
+    """Keras' network of `backbone`, built once per process (`core.features.cached_extractor`) for the model files.
+    Deferred work of its own, first in line once the worker is ready: a run queued before then goes first, and
+    the first run's model file, 2 s after its results, no longer builds it (a click then waited ~1.5 s for it)."""
+    from core.features import cached_extractor
+
+    try:
+        cached_extractor(backbone)
+    except Exception:  # the model-file step builds it again and records why it fails
         traceback.print_exc()
 
 
@@ -214,7 +228,10 @@ class _Worker:
 
         signal.signal(signal.SIGTERM, self.on_sigterm)
         _write_info(self.info)
-        warm_up()
+        keras_to_build = warm_up()
+        if keras_to_build:  # not in a thread beside the first run: it took a core from its extraction (4.0 -> 6.5 s)
+            self.defer(Deferred(functools.partial(_build_keras_extractor, keras_to_build), after_idle=0.0,
+                                rank=0))
         self.info.state, self.info.ready_at = "ready", time.time()
         _write_info(self.info)
         print(f"worker {self.info.pid} ready in {self.info.ready_at - self.info.started_at:.1f} s", flush=True)
