@@ -297,3 +297,24 @@ def test_bf16_fine_tune_trains_in_mixed_bfloat16_and_predicts_close_to_float32(m
             monkeypatch.setenv("FEWSHOT_BF16", setting)
         info, _ = fine_tune(FinetuneRecipe(calibrate_head=False))
         assert info["precision"] == expected
+
+
+def test_the_default_number_of_cached_copies_gives_each_epoch_a_fresh_version_within_a_memory_budget():
+    """K augmented copies when the run sets none: one per fine-tune epoch bar one (the original is the other),
+    at most 9 and at least 1, fewer where the activations held in memory would pass the budget; none when the
+    augmentation changes nothing; the run's own number wins."""
+    from core.augment import AugmentConfig
+    from core.training.finetune_cached import ACTIVATION_BUDGET_MIB, MAX_DEFAULT_COPIES, finetune_copies
+
+    assert finetune_copies(TrainConfig(mode="finetune")) == MAX_DEFAULT_COPIES == 9  # 10 epochs by default
+    assert finetune_copies(TrainConfig(mode="finetune", finetune_epochs=3)) == 2
+    assert finetune_copies(TrainConfig(mode="finetune", finetune_epochs=1)) == 1
+    assert finetune_copies(TrainConfig(mode="finetune", finetune_epochs=50)) == 9
+    assert finetune_copies(TrainConfig(mode="finetune", augment_copies=3)) == 3
+    assert finetune_copies(TrainConfig(mode="finetune", augment=AugmentConfig(enabled=False))) == 0
+    per_image = 7 * 7 * 192 * 2  # Lite0's activations at its cut, float16
+    assert finetune_copies(TrainConfig(mode="finetune"), 150, per_image) == 9  # a few-shot dataset: 26 MiB
+    many = 10_000  # 10 versions would be 1.8 GiB: as many as fit in the budget
+    k = finetune_copies(TrainConfig(mode="finetune"), many, per_image)
+    assert (k + 1) * many * per_image <= ACTIVATION_BUDGET_MIB * 2**20 < (k + 2) * many * per_image
+    assert finetune_copies(TrainConfig(mode="finetune"), 10**7, per_image) == 1  # never fewer than one copy
