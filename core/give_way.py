@@ -1,10 +1,12 @@
 """Bonus work gives way to a run that is waiting.
 
-After a run's results are on disk, the warm worker still owes it an export check (reload model.keras, predict
-again: ~5 s on the demo) and a cross-validation (k heads: ~5 s). A user who fixes labels and clicks Retrain in
-that window must not wait for them. The worker runs such work inside `giving_way_when(a run is queued)`; the work
-calls `give_way_if_asked()` between its steps, which raises `GaveWay`, and the worker does it again later from the
-start. Outside the worker (the command line, tests) nothing ever asks, and the work runs straight through."""
+After a run's results are on disk, the warm worker still owes it a cross-validation (k heads: ~5 s) and an
+export check (reload model.keras, predict again: ~3 s). A user who fixes labels and clicks Retrain in that window
+must not wait for them. The worker runs such work inside `giving_way_when(a run is queued)`; the work calls
+`give_way_if_asked()` between its steps (the cross-validation: after every epoch), which raises `GaveWay`, and the
+worker does it again later from the start. (The export check, one uncut call, is instead a child process that the
+worker pauses: `core.engine.worker.Deferred.command`.) Outside the worker (the command line, tests) nothing ever
+asks, and the work runs straight through."""
 from __future__ import annotations
 
 import contextlib
