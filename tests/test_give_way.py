@@ -79,6 +79,15 @@ def _state(pid: int) -> str:
         return ""
 
 
+def _wait_for_state(pid: int, states: tuple[str, ...], timeout: float = 10.0) -> str:
+    """The process's state once it is one of `states` (a signal takes effect when the process is next scheduled,
+    which on a loaded machine is not at once), or whatever it is at the deadline."""
+    deadline = time.time() + timeout
+    while _state(pid) not in states and time.time() < deadline:
+        time.sleep(0.02)
+    return _state(pid)
+
+
 def test_a_step_that_cannot_give_way_runs_as_a_child_process_that_a_queued_run_pauses(workspace, tiny_dataset,
                                                                                       tmp_path):
     """The export check (one uncut reload of seconds) runs as a child process: a queued run pauses it at once
@@ -99,7 +108,7 @@ def test_a_step_that_cannot_give_way_runs_as_a_child_process_that_a_queued_run_p
     try:
         worker._run_deferred()  # started, then paused at its first look at the queue
         assert list(worker.deferred) == [step] and step.child is not None
-        assert _state(step.child.pid) == "T"  # stopped: it neither runs nor has ended
+        assert _wait_for_state(step.child.pid, ("T",)) == "T"  # stopped: it neither runs nor has ended
         ticked = ticks.read_text() if ticks.exists() else ""
         time.sleep(0.5)
         assert (ticks.read_text() if ticks.exists() else "") == ticked and not finished.exists()
@@ -123,15 +132,17 @@ def test_deferred_work_goes_by_rank_then_first_come(workspace):
 
 
 def test_a_paused_child_does_not_outlive_a_killed_worker(workspace, tiny_dataset, tmp_path):
-    """A worker killed (SIGKILL) while a run has paused its child: the kernel hangs up the orphaned, stopped child,
-    so no paused process is left behind holding memory."""
+    """A worker killed (SIGKILL) while a run has paused its child: the kernel kills the stopped child too
+    (core.engine.die_with_parent), so no paused process is left behind holding memory; also when the worker was
+    started under nohup (SIGHUP ignored, as its children inherit)."""
     import json
     import os
     import signal
     import subprocess
 
     script = f"""
-import json, sys, time
+import json, signal, sys, time
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
 from core.config import TrainConfig
 from core.engine import queue
 from core.engine.worker import Deferred, _Worker
@@ -147,12 +158,9 @@ time.sleep(60)
                               start_new_session=True, env=dict(os.environ))  # as ensure_worker starts a worker
     try:
         child = json.loads(helper.stdout.readline())["child"]
-        assert _state(child) == "T"
+        assert _wait_for_state(child, ("T",)) == "T"
         os.kill(helper.pid, signal.SIGKILL)
         helper.wait(10)
-        deadline = time.time() + 10
-        while _state(child) not in ("", "Z") and time.time() < deadline:
-            time.sleep(0.05)
-        assert _state(child) in ("", "Z")  # gone (or a zombie waiting for init to reap it)
+        assert _wait_for_state(child, ("", "Z")) in ("", "Z")  # gone (or a zombie waiting for init to reap it)
     finally:
         helper.kill()

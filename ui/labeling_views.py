@@ -392,12 +392,15 @@ def _retrain_progress(new: Run, was_active: bool, key: str) -> None:
                     text=f"Retraining `{new.id}`: {status.message or state}…")
         st.page_link("pages/4_training.py", label="Watch its curves", icon=":material/monitoring:")
         return
-    _retrain_result(new, status, key)
+    # Found ended by the poll: the result at once, but not its button. A button drawn in this poll fragment belongs
+    # to it; clicked before the whole page has rerun, that click reruns a fragment that no longer exists and is
+    # lost (a browser test on a loaded machine did this). The whole page's rerun draws it, outside the poll.
+    _retrain_result(new, status, key, with_button=not was_active)
     if was_active:
         st.rerun()  # after the result is on screen: the whole page, so the finished run joins the run lists
 
 
-def _retrain_result(new: Run, status, key: str) -> None:
+def _retrain_result(new: Run, status, key: str, with_button: bool = True) -> None:
     state = status.state
     if state != "done" or not new.has_results():
         st.error(f"The retraining `{new.id}` ended {state}: {md(status.error or status.message)}")
@@ -425,6 +428,8 @@ def _retrain_result(new: Run, status, key: str) -> None:
                f"network again.", icon=":material/check_circle:")
     if note := saved_model_note(after):
         st.caption(note)
+    if not with_button:
+        return
     # Not a callback: a widget inside a fragment reruns only the fragment, and the page has to change.
     if st.button("Show the new results", key=f"{key}_show", icon=":material/grid_view:", type="primary"):
         st.session_state["run_id"] = new.id  # the Predictions page's run picker follows it

@@ -15,6 +15,7 @@ import fcntl
 import functools
 import gc
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -320,11 +321,19 @@ class _Worker:
         run is waiting, or ended because the worker is exiting (which then does the step itself)."""
         child = item.child
         if child is None:
-            with open(item.log or os.devnull, "ab") as log:
-                # Its own process group: should the worker die while the child is paused, the kernel wakes and hangs
-                # up an orphaned group that has a stopped member, so no paused child outlives the worker.
-                child = item.child = subprocess.Popen(item.command, cwd=PROJECT_ROOT, stdout=log, stderr=log,
-                                                      stdin=subprocess.DEVNULL, process_group=0)
+            # Through core.engine.die_with_parent: killed by the kernel should the worker die, even while paused.
+            # (Its own process group and the kernel's hang-up of an orphaned, stopped group were tried first; a
+            # worker started under nohup ignores SIGHUP, and so did its child, which then ran on.)
+            command = [sys.executable, "-m", "core.engine.die_with_parent", str(os.getpid()), *item.command]
+            armed_r, armed_w = os.pipe()  # closed by the child once its death signal is set: only then may it pause
+            try:
+                with open(item.log or os.devnull, "ab") as log:
+                    child = item.child = subprocess.Popen(
+                        command, cwd=PROJECT_ROOT, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                        pass_fds=(armed_w,), env=dict(os.environ, FEWSHOT_ARMED_FD=str(armed_w)))
+            finally:
+                os.close(armed_w)
+            _wait_until_armed(armed_r)
             try:
                 os.setpriority(os.PRIO_PROCESS, child.pid, CHILD_NICENESS)
             except OSError:  # already ended, or a platform without priorities: it only runs a little less politely
@@ -346,6 +355,15 @@ class _Worker:
     def _logged(job: Callable[[], None], log: Path) -> None:
         with _output_to(log):
             job()
+
+
+def _wait_until_armed(fd: int, timeout: float = 10.0) -> None:
+    """Until the child has closed its end of the pipe (its death signal is set, or it has ended): paused before
+    that, it would outlive a killed worker."""
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
 
 
 def _signal(child: subprocess.Popen, sig: int) -> None:
