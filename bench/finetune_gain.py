@@ -138,12 +138,13 @@ def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return round(float((pred == y).mean()), 5)  # as the history's (rounded) accuracies, so equal ones compare equal
 
 
-def _finetune(cfg, n_classes: int, splits: dict, head, head_acc: float, recipe) -> dict:
+def _from_head(cfg, n_classes: int, head, train) -> tuple[dict, list[dict], float]:
+    """Run `train(start, reporter) -> info` (a fine-tune) from a copy of `head`, quietly and timed: its info, its
+    epochs and its seconds."""
     from core.backbones import get_backbone
     from core.models import build_head
     from core.reporting import Reporter
     from core.tfenv import keras
-    from core.training.finetune_cached import finetune_on_activations
 
     keras.utils.set_random_seed(cfg.seed)
     start = build_head(get_backbone(cfg.backbone).feature_dim, n_classes, cfg.dense_units, cfg.dropout)
@@ -151,19 +152,28 @@ def _finetune(cfg, n_classes: int, splits: dict, head, head_acc: float, recipe) 
     with open(os.devnull, "w") as quiet:
         reporter = Reporter(terminal=quiet)
         started = time.perf_counter()
-        result = finetune_on_activations(cfg, n_classes, splits, start, reporter, recipe)
+        info = train(start, reporter)
         seconds = time.perf_counter() - started
-    info = result.info
+    return info, reporter.history, seconds
+
+
+def _kept_accuracy(info: dict, history: list[dict], head_acc: float) -> float:
     if info["kept_start"]:
-        acc = head_acc  # the head itself, as the app keeps it
-    else:
-        acc = next(r["val_accuracy"] for r in reporter.history if r["epoch"] == info["kept_epoch"])
+        return head_acc  # the head itself, as the app keeps it
+    return next(r["val_accuracy"] for r in history if r["epoch"] == info["kept_epoch"])
+
+
+def _finetune(cfg, n_classes: int, splits: dict, head, head_acc: float, recipe) -> dict:
+    from core.training.finetune_cached import finetune_on_activations
+
+    info, history, seconds = _from_head(cfg, n_classes, head, lambda start, reporter: finetune_on_activations(
+        cfg, n_classes, splits, start, reporter, recipe).info)
     calibrated = info.get("calibrated_head") or {}
-    return {"val_accuracy": acc, "kept_start": info["kept_start"], "kept_epoch": info["kept_epoch"],
-            "epochs": len(reporter.history), "seconds": round(seconds, 2),
+    return {"val_accuracy": _kept_accuracy(info, history, head_acc), "kept_start": info["kept_start"],
+            "kept_epoch": info["kept_epoch"], "epochs": len(history), "seconds": round(seconds, 2),
             "activation_seconds": info["activation_seconds"], "calibrated_accuracy": calibrated.get("val_accuracy"),
             "start_val_accuracy": info["start_val_accuracy"], "start_val_loss": info["start_val_loss"],
-            "kept_val_loss": min([info["start_val_loss"]] + [r["val_loss"] for r in reporter.history]),
+            "kept_val_loss": min([info["start_val_loss"]] + [r["val_loss"] for r in history]),
             "calibration_kept": calibrated.get("kept"), "calibrated_val_loss": calibrated.get("val_loss"),
             "warmup_steps": int(info["warmup_steps"]),
             "steps": info["steps"]}
@@ -172,25 +182,14 @@ def _finetune(cfg, n_classes: int, splits: dict, head, head_acc: float, recipe) 
 def _finetune_full(cfg, n_classes: int, splits: dict, head, head_acc: float) -> dict:
     """The full-image path (`--finetune-full`) from the same head: every epoch sends every training image, freshly
     augmented, through the whole backbone."""
-    from core.backbones import get_backbone
-    from core.models import build_head
-    from core.reporting import Reporter
-    from core.tfenv import keras
     from core.training.stages import finetune_full
 
-    keras.utils.set_random_seed(cfg.seed)
-    start = build_head(get_backbone(cfg.backbone).feature_dim, n_classes, cfg.dense_units, cfg.dropout)
-    start.set_weights(head.get_weights())
-    with open(os.devnull, "w") as quiet:
-        reporter = Reporter(terminal=quiet)
-        started = time.perf_counter()
-        _, _, info = finetune_full(cfg, n_classes, splits, start, reporter)
-        seconds = time.perf_counter() - started
-    acc = head_acc if info["kept_start"] else next(
-        r["val_accuracy"] for r in reporter.history if r["epoch"] == info["kept_epoch"])
-    return {"val_accuracy": acc, "kept_start": info["kept_start"], "kept_epoch": info["kept_epoch"],
-            "epochs": len(reporter.history), "seconds": round(seconds, 2), "activation_seconds": 0.0,
-            "start_val_accuracy": info["start_val_accuracy"], "start_val_loss": info["start_val_loss"]}
+    info, history, seconds = _from_head(cfg, n_classes, head, lambda start, reporter: finetune_full(
+        cfg, n_classes, splits, start, reporter)[2])
+    return {"val_accuracy": _kept_accuracy(info, history, head_acc), "kept_start": info["kept_start"],
+            "kept_epoch": info["kept_epoch"], "epochs": len(history), "seconds": round(seconds, 2),
+            "activation_seconds": 0.0, "start_val_accuracy": info["start_val_accuracy"],
+            "start_val_loss": info["start_val_loss"]}
 
 
 def one_split(data: Path, seed: int, configs: list[str], settings: dict, head_aug: bool) -> dict:

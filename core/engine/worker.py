@@ -28,6 +28,7 @@ from pathlib import Path
 
 from core import fsutil
 from core.engine import queue
+from core.engine.die_with_parent import ARMED_FD_ENV
 from core.errors import FewShotError
 from core.give_way import GaveWay, giving_way_when
 from core.runs import Run, process_alive, process_start_time
@@ -55,9 +56,9 @@ class Deferred:
     # resumed, where it was, when the queue is empty again.
     command: list[str] | None = None
     log: Path | None = None  # where the child's output goes (the run's log.txt)
-    # Which deferred work goes first, whatever the order the runs finished in: a run's model file (0) before any
-    # bonus work (1: cross-validation, conversions; 2: export checks), so a check paused by a new run never holds
-    # back that run's model file.
+    # Which deferred work goes first, whatever the order the runs finished in (core.engine.execute's RANK_*): a
+    # run's model file (0) before any bonus work (1: cross-validation, conversions; 2: export checks), so a check
+    # paused by a new run never holds back that run's model file.
     rank: int = 1
     child: subprocess.Popen | None = field(default=None, repr=False)  # the paused child process, if any
 
@@ -225,14 +226,14 @@ class _Worker:
             self.current.file(Run.STOP).touch()
 
     def serve(self) -> int:
-        from core.engine.execute import execute_run
+        from core.engine.execute import RANK_MODEL_FILE, execute_run
 
         signal.signal(signal.SIGTERM, self.on_sigterm)
         _write_info(self.info)
         keras_to_build = warm_up()
         if keras_to_build:  # not in a thread beside the first run: it took a core from its extraction (4.0 -> 6.5 s)
             self.defer(Deferred(functools.partial(_build_keras_extractor, keras_to_build), after_idle=0.0,
-                                rank=0))
+                                rank=RANK_MODEL_FILE))
         self.info.state, self.info.ready_at = "ready", time.time()
         _write_info(self.info)
         print(f"worker {self.info.pid} ready in {self.info.ready_at - self.info.started_at:.1f} s", flush=True)
@@ -330,7 +331,7 @@ class _Worker:
                 with open(item.log or os.devnull, "ab") as log:
                     child = item.child = subprocess.Popen(
                         command, cwd=PROJECT_ROOT, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                        pass_fds=(armed_w,), env=dict(os.environ, FEWSHOT_ARMED_FD=str(armed_w)))
+                        pass_fds=(armed_w,), env={**os.environ, ARMED_FD_ENV: str(armed_w)})
             finally:
                 os.close(armed_w)
             _wait_until_armed(armed_r)
