@@ -52,7 +52,7 @@ from bench.common import DEMO, TUXPAINT, bench_parser, machine_line, make_tiny_d
 FMNIST_DEB_DIR = Path("/var/cache/apt/archives")
 FMNIST_INSTALLED = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
-CONFIGS = ("before", "schedule", "calibrate", "after", "after+1", "after-k9", "full")
+CONFIGS = ("before", "schedule", "calibrate", "after", "after+1", "after-k9", "natural-k9", "natural-k9+1", "full")
 DEFAULT_CONFIGS = ["before", "after", "after+1"]
 LABELS = {"logreg": "logistic regression (sklearn, features)", "head": "bottleneck head",
           "head_aug": "bottleneck head, K=4 augmented features", "calibrated": "head calibrated on K+1 versions",
@@ -61,6 +61,8 @@ LABELS = {"logreg": "logistic regression (sklearn, features)", "head": "bottlene
           "after": "fine-tune after (calibrated head, warm-up + cosine)",
           "after+1": "fine-tune after, +1 block unfrozen",
           "after-k9": "fine-tune after, K=9 cached copies (one per epoch)",
+          "natural-k9": "fine-tune, K=9, 'natural' augmentation, peak lr 1e-3",
+          "natural-k9+1": "fine-tune, K=9, 'natural' augmentation, peak lr 1e-3, +1 block unfrozen",
           "full": "fine-tune on full images (--finetune-full: fresh augmentation every epoch)"}
 
 
@@ -241,6 +243,12 @@ def one_split(data: Path, seed: int, configs: list[str], settings: dict, head_au
             row[name] = _finetune(replace(cfg, augment_copies=cfg.finetune_epochs - 1), n_classes, splits,
                                   head.head, row["head"], recipes["after"])
             continue
+        if name.startswith("natural-k9"):  # milder augmentation and a 10x larger peak step (issue 11)
+            from core.augment import PRESETS
+            row[name] = _finetune(replace(cfg, augment_copies=cfg.finetune_epochs - 1, finetune_lr=1e-3,
+                                          augment=PRESETS["natural"].config()), n_classes, splits, head.head,
+                                  row["head"], FinetuneRecipe(extra_blocks=1 if name.endswith("+1") else 0))
+            continue
         row[name] = _finetune(cfg, n_classes, splits, head.head, row["head"], recipes[name])
         if name == "after":
             row["calibrated"] = row[name]["calibrated_accuracy"]
@@ -350,7 +358,7 @@ def run(args, tmp: Path) -> None:
     summary = []
     for name, rows in results.items():
         line = [name, sum(r["n_val"] for r in rows)]
-        for key in ("before", "after", "after+1", "after-k9", "full"):
+        for key in ("before", "after", "after+1", "after-k9", "natural-k9", "natural-k9+1", "full"):
             diffs = [(_acc(r, key) - r["head"]) * 100 for r in rows if r.get(key)]
             line.append(f"{round(statistics.mean(diffs), 1) + 0.0:+.1f} (min {round(min(diffs), 1) + 0.0:+.1f})"
                         if diffs else "—")
@@ -359,7 +367,8 @@ def run(args, tmp: Path) -> None:
     print_section("Fine-tune gain: summary (points of validation accuracy, mean over seeds, paired by seed)",
                   machine_line() + "\n\n" + table(
                       ["dataset", "validation photos (all seeds)", "fine-tune before − head", "after − head",
-                       "after +1 block − head", "after, K=9 − head", "full images − head",
+                       "after +1 block − head", "after, K=9 − head", "natural, lr 1e-3 − head",
+                       "natural, lr 1e-3, +1 block − head", "full images − head",
                        "head − logistic regression"], summary))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))
