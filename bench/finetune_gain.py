@@ -11,7 +11,9 @@ train/validation split), on the same split and the same cached features:
     ft before       the fine-tune as it was: head as trained, SGD at a constant 1e-4 (`PREVIOUS_RECIPE`)
     ft after        the fine-tune now: head calibrated on the augmented copies first, warm-up + cosine decay
     ft after +1     the same with one more block unfrozen under the top one (Lite0: block14 and block15)
-    (ablations, with --configs: ft schedule = warm-up + cosine only, ft calibrate = calibration only)
+    (ablations, with --configs: ft schedule = warm-up + cosine only, ft calibrate = calibration only; after-k9 =
+    K = 9 cached copies; natural-k9[+1] = K = 9, the "natural" preset and peak lr 1e-3 [+1 block]; full = the
+    full-image fine-tune)
 
 Every fine-tune starts from the same bottleneck head and keeps it when no epoch beats it on validation loss (the
 app's rule), so its accuracy is the kept model's: the head's own when the head was kept. Accuracies are on the
@@ -197,6 +199,7 @@ def _finetune_full(cfg, n_classes: int, splits: dict, head, head_acc: float) -> 
 def one_split(data: Path, seed: int, configs: list[str], settings: dict, head_aug: bool) -> dict:
     from sklearn.linear_model import LogisticRegression
 
+    from core.augment import PRESETS
     from core.config import TrainConfig
     from core.datasets import scan_dataset
     from core.features import extract_features
@@ -206,10 +209,16 @@ def one_split(data: Path, seed: int, configs: list[str], settings: dict, head_au
     from core.training.stages import train_bottleneck_head
     from core.workspace import features_dir
 
-    recipes = {"before": PREVIOUS_RECIPE, "after": FinetuneRecipe(),
-               "schedule": FinetuneRecipe(calibrate_head=False), "calibrate": FinetuneRecipe(schedule="constant"),
-               "after+1": FinetuneRecipe(extra_blocks=1)}
     cfg = TrainConfig(data=str(data), mode="finetune", seed=seed, **settings)
+    # Per config: the recipe, and the run settings it changes. K = epochs bar one: a fresh version of each photo
+    # per epoch; "natural": the milder preset and a 10x larger peak step (issue 11's third pass).
+    one_per_epoch = {"augment_copies": cfg.finetune_epochs - 1}
+    natural = one_per_epoch | {"finetune_lr": 1e-3, "augment": PRESETS["natural"].config()}
+    recipes = {"before": (PREVIOUS_RECIPE, {}), "after": (FinetuneRecipe(), {}),
+               "schedule": (FinetuneRecipe(calibrate_head=False), {}),
+               "calibrate": (FinetuneRecipe(schedule="constant"), {}),
+               "after+1": (FinetuneRecipe(extra_blocks=1), {}), "after-k9": (FinetuneRecipe(), one_per_epoch),
+               "natural-k9": (FinetuneRecipe(), natural), "natural-k9+1": (FinetuneRecipe(extra_blocks=1), natural)}
     ds = scan_dataset(cfg.data, cfg.val_split, cfg.test_split, cfg.seed)
     splits = split_data(ds)
     n_classes = len(ds.classes)
@@ -239,17 +248,8 @@ def one_split(data: Path, seed: int, configs: list[str], settings: dict, head_au
         if name == "full":
             row[name] = _finetune_full(cfg, n_classes, splits, head.head, row["head"])
             continue
-        if name == "after-k9":  # as many cached copies as epochs bar one: a fresh version of each photo per epoch
-            row[name] = _finetune(replace(cfg, augment_copies=cfg.finetune_epochs - 1), n_classes, splits,
-                                  head.head, row["head"], recipes["after"])
-            continue
-        if name.startswith("natural-k9"):  # milder augmentation and a 10x larger peak step (issue 11)
-            from core.augment import PRESETS
-            row[name] = _finetune(replace(cfg, augment_copies=cfg.finetune_epochs - 1, finetune_lr=1e-3,
-                                          augment=PRESETS["natural"].config()), n_classes, splits, head.head,
-                                  row["head"], FinetuneRecipe(extra_blocks=1 if name.endswith("+1") else 0))
-            continue
-        row[name] = _finetune(cfg, n_classes, splits, head.head, row["head"], recipes[name])
+        recipe, changes = recipes[name]
+        row[name] = _finetune(replace(cfg, **changes), n_classes, splits, head.head, row["head"], recipe)
         if name == "after":
             row["calibrated"] = row[name]["calibrated_accuracy"]
     return row
