@@ -174,6 +174,17 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 )}
 
 
+# What training uses unless the user picks otherwise. Not the recipe's own (AugmentConfig's field defaults): with
+# it, fine-tuning lost to its starting head on a held-out development set, and with "natural" and a 10x larger
+# peak step it gained (BENCHMARKS.md, "Issue 11 item 3, third pass").
+DEFAULT_PRESET = "natural"
+
+
+def default_augment() -> AugmentConfig:
+    """A fresh copy of the default augmentation (the DEFAULT_PRESET's settings)."""
+    return PRESETS[DEFAULT_PRESET].config()
+
+
 def matching_preset(config: AugmentConfig) -> str | None:
     """The name of the preset `config` is, if any."""
     return next((name for name, p in PRESETS.items() if p.config() == config), None)

@@ -7,7 +7,17 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.augment import FIELD_HELP, FILL_MODES, PRESETS, AugmentConfig, AugmentError, matching_preset, preview
+from core.augment import (
+    DEFAULT_PRESET,
+    FIELD_HELP,
+    FILL_MODES,
+    PRESETS,
+    AugmentConfig,
+    AugmentError,
+    default_augment,
+    matching_preset,
+    preview,
+)
 from core.backbones import BackboneError, get_backbone
 from core.errors import FewShotError
 from core.images import load_rgb
@@ -84,8 +94,8 @@ def _check_presets(root: str) -> None:
 
 
 def _reset() -> None:
-    st.session_state["augment"] = AugmentConfig().to_dict()
-    flash("aug", "success", "Back to the recipe's defaults.")
+    st.session_state["augment"] = default_augment().to_dict()
+    flash("aug", "success", f"Back to the default: **{md(PRESETS[DEFAULT_PRESET].title)}**.")
 
 
 def _load_json(uploader_key: str) -> None:
@@ -147,8 +157,9 @@ st.markdown(
 try:
     config = AugmentConfig.from_dict(st.session_state["augment"])
 except AugmentError as exc:
-    st.error(f"The stored augmentation settings cannot be used ({md(exc)}); showing the recipe's defaults instead.")
-    config = AugmentConfig()
+    st.error(f"The stored augmentation settings cannot be used ({md(exc)}); showing the default "
+             f"({md(PRESETS[DEFAULT_PRESET].title)}) instead.")
+    config = default_augment()
     st.session_state["augment"] = config.to_dict()
 
 settings, shown = st.columns([1, 2], gap="large")
@@ -194,7 +205,7 @@ with settings:
             st.slider(label, float(lo), float(hi), step=step, format=FORMATS.get(name, "%.2f"), **common)
         st.caption(help_text if lo is None else f"{help_text} Range {lo:g} to {hi:g}.")
 
-    st.button("Reset to the recipe's defaults", key="aug_reset", on_click=_reset, icon=":material/restart_alt:")
+    st.button("Reset to the default", key="aug_reset", on_click=_reset, icon=":material/restart_alt:")
     st.download_button("Download these settings (JSON)", config.to_json(), file_name="augmentation.json",
                        mime="application/json", key="aug_download", icon=":material/download:")
     json_key = f"aug_json_{st.session_state['aug_json_counter']}"

@@ -104,7 +104,8 @@ def settings_form() -> None:
             c1.number_input("Fine-tuning epochs", 1, 200, defaults.finetune_epochs, key="train_ft_epochs")
             c2.select_slider("Fine-tuning learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], defaults.finetune_lr,
                              key="train_ft_lr", format_func=lambda v: f"{v:g}",
-                             help="Small on purpose (SGD, momentum 0.9): big steps would wreck what the network "
+                             help="The peak step (SGD, momentum 0.9, after a short warm-up, then decaying to 0). "
+                                  "The recipe's 1e-4 barely moves the network; much bigger steps wreck what it "
                                   "learned from ImageNet.")
             c3.checkbox("Fine-tune on full images (slower)", defaults.finetune_full, key="train_ft_full",
                         help="Off: the network's frozen lower part runs once per photo and a few augmented copies "

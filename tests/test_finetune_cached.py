@@ -66,9 +66,9 @@ def test_cached_finetune_trains_the_top_block_exports_and_second_run_reads_the_c
     assert info["activation_cache_mib"] > 0 and info["activation_memory_mib"] > 0
     history = pd.read_csv(tmp_path / "a" / "history.csv")
     assert history["stage"].tolist() == ["bottleneck"] * 3 + ["finetune"] * 2
-    # The fine-tune learning rate (1e-4) is the peak of a warm-up then cosine decay: below it by the last epoch.
+    # The fine-tune learning rate is the peak of a warm-up then cosine decay: below it by the last epoch.
     finetune_lr = history[history["stage"] == "finetune"]["lr"]
-    assert 0 < finetune_lr.iloc[-1] < finetune_lr.max() <= 1e-4
+    assert 0 < finetune_lr.iloc[-1] < finetune_lr.max() <= TrainConfig().finetune_lr
     assert history["val_accuracy"].iloc[-1] >= 0.8  # starts from the trained head: good from its first epoch
     assert "activations" in first["phase_seconds"] and "finetune" in first["phase_seconds"]
 

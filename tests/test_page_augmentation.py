@@ -6,7 +6,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.augment import AugmentConfig
+from core.augment import AugmentConfig, default_augment
 
 PAGE = "pages/3_augmentation.py"
 N = 8  # the page's default number of samples
@@ -34,7 +34,7 @@ def previews(at: AppTest) -> list[tuple[str, list[str]]]:
 
 def test_renders_the_default_preview(workspace, open_page):
     at = open_page()
-    assert at.session_state["augment"] == AugmentConfig().to_dict()
+    assert at.session_state["augment"] == default_augment().to_dict()
     # Default pick: the first photo of each of the first two demo classes.
     assert [p.split("/")[0] for p in at.multiselect(key="aug_pick").value] == ["fish", "monuments"]
     shown = previews(at)
@@ -54,7 +54,7 @@ def test_changing_settings_updates_the_session_and_the_preview(workspace, open_p
     assert not at.exception
     augment = at.session_state["augment"]
     assert augment["rotation_range"] == 0.0 and augment["horizontal_flip"] is False
-    assert augment == {**AugmentConfig().to_dict(), "rotation_range": 0.0, "horizontal_flip": False}
+    assert augment == {**default_augment().to_dict(), "rotation_range": 0.0, "horizontal_flip": False}
     after = previews(at)
     assert [b for b, _ in after] == [b for b, _ in before]  # the originals are unchanged…
     assert all(set(a).isdisjoint(b) for (_, a), (_, b) in zip(after, before))  # …the samples are new
@@ -69,8 +69,8 @@ def test_changing_settings_updates_the_session_and_the_preview(workspace, open_p
     assert at.checkbox(key="aug_horizontal_flip").value is False
 
     at.button(key="aug_reset").click().run()
-    assert at.session_state["augment"] == AugmentConfig().to_dict()
-    assert at.slider(key="aug_rotation_range").value == 40.0
+    assert at.session_state["augment"] == default_augment().to_dict()  # the "natural" preset, not the recipe's
+    assert at.slider(key="aug_rotation_range").value == 10.0 and at.checkbox(key="aug_horizontal_flip").value
 
 
 def test_switching_augmentation_off_shows_the_originals(workspace, open_page):
@@ -140,7 +140,7 @@ def test_a_preset_sets_every_field_and_is_recognised(workspace, open_page):
     from core.augment import PRESETS
 
     at = open_page()
-    assert at.selectbox(key="aug_preset").value == "recipe"  # the defaults are the recipe's preset
+    assert at.selectbox(key="aug_preset").value == "natural"  # the default is the "natural" preset
     at.selectbox(key="aug_preset").set_value("documents").run()
     assert not at.exception
     assert at.session_state["augment"] == PRESETS["documents"].config().to_dict()

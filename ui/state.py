@@ -19,7 +19,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import preferences
-from core.augment import AugmentConfig
+from core.augment import AugmentConfig, default_augment
 from core.backbones import DEFAULT_BACKBONE, list_backbones
 from core.config import MODES, TrainConfig
 from core.datasets import DatasetError
@@ -29,7 +29,7 @@ from core.workspace import DEMO_DATASET, datasets_dir
 DEFAULTS = {
     "dataset": str(DEMO_DATASET),       # the dataset every page works on
     "backbone": DEFAULT_BACKBONE,
-    "augment": AugmentConfig().to_dict(),  # what the preview shows is what training uses
+    "augment": default_augment().to_dict(),  # what the preview shows is what training uses
     "val_split": 0.2,
     "test_split": 0.0,
     "seed": 0,
