@@ -42,7 +42,7 @@ counts = dataset.counts()
 
 
 def settings_form() -> None:
-    """The training settings, with the recipe's defaults, and Start."""
+    """The training settings, with their defaults, and Start."""
     defaults = TrainConfig()
     left, right = st.columns([3, 2])
     with left:
@@ -80,7 +80,7 @@ def settings_form() -> None:
                       help="A name to find this run by on the Predictions and Runs pages. Left empty, the run is "
                            "called after its mode, dataset and start time.")
 
-    with st.expander("Settings (the recipe's defaults are a good start)"):
+    with st.expander("Settings (the defaults are a good start)"):
         c1, c2, c3 = st.columns(3)
         epochs = c1.number_input("Epochs", 1, MAX_EPOCHS, st.session_state["epochs"], key="train_epochs",
                                  on_change=keep_choice, args=("epochs", "train_epochs"),
