@@ -35,6 +35,15 @@ def require_frame(page_file: str) -> None:
     st.switch_page("app.py")
 
 
+def open_page(page: str) -> None:
+    """Open `page` ("pages/…py") from a widget inside a fragment: the switch happens in a whole-app run (app.py's
+    `enter_frame`), never in the fragment's own run. A page switched to from a fragment run was drawn with that
+    fragment's element paths: the browser test caught the frontend failing on one ("Bad delta path index 6
+    (should be between [0, 0])", a blank page until a reload)."""
+    st.session_state[WANTED_PAGE] = page
+    st.rerun(scope="app")
+
+
 def enter_frame() -> None:
     """Called by app.py on every run, after st.navigation: marks the session as framed and finishes a hand-over
     started by `require_frame` by opening the page that was asked for."""

@@ -19,6 +19,7 @@ from core.run_summary import saved_model_note
 from core.runs import ACTIVE_STATES, Run, RunError, get_run, retrained_from
 from ui.common import dataset_label, md, poll_seconds, thumb, unsaved_uploads
 from ui.dataset_views import flash
+from ui.frame import open_page
 from ui.state import set_dataset
 
 NEW_CLASS = "➕ New class…"
@@ -430,12 +431,12 @@ def _retrain_result(new: Run, status, key: str, with_button: bool = True) -> Non
         st.caption(note)
     if not with_button:
         return
-    # Not a callback: a widget inside a fragment reruns only the fragment, and the page has to change.
+    # Not a callback: a widget inside a fragment reruns only the fragment, and the page has to change (open_page).
     if st.button("Show the new results", key=f"{key}_show", icon=":material/grid_view:", type="primary"):
         st.session_state["run_id"] = new.id  # the Predictions page's run picker follows it
         st.session_state.pop("pred_run", None)
         st.session_state.pop(f"{key}_started", None)  # shown: the retraining's note has done its job
-        st.switch_page("pages/5_predictions.py")
+        open_page("pages/5_predictions.py")
 
 
 def suspects_queue(run: Run, classes: list[str], dataset_root: Path, per_row: int = 6) -> None:
