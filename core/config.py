@@ -14,8 +14,8 @@ MODE_HELP = {
     "bottleneck": "A pretrained network describes each image once; a small classifier learns from those "
                   "descriptions in seconds. Best first choice.",
     "finetune": "Starts from the bottleneck classifier, then gently retrains the pretrained network's last block "
-                "with augmentation. Slower; on four small datasets it added 0 to 5 points (2.2 on average), most on "
-                "photos unlike everyday ones, and it keeps the bottleneck classifier when no epoch does better on "
+                "with augmentation. Slower; on four small datasets it added 0 to 5 points (about 2 on average), most "
+                "on photos unlike everyday ones, and it keeps the bottleneck classifier when no epoch does better on "
                 "validation.",
 }
 SCRATCH_INPUT_SIZE = 150  # the recipe's 150×150

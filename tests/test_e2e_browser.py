@@ -358,7 +358,6 @@ def test_label_new_photos_with_suggestions_and_retrain(server, page, tmp_path, p
     assert_no_exception(page)
     n_train = json.loads((runs[-1] / "metrics.json").read_text())["n_train"]
     # The new run's summary (the first run had 3 fewer): the page may still be drawing it after the switch.
-
     wait_for_text(page, f"{n_train} training images", output, "predictions-after-retrain", "Predictions",
                   timeout=90_000)
     page.screenshot(path=str(output / "predictions-after-retrain.png"), full_page=True)

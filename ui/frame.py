@@ -37,9 +37,9 @@ def require_frame(page_file: str) -> None:
 
 def open_page(page: str) -> None:
     """Open `page` ("pages/…py") from a widget inside a fragment: the switch happens in a whole-app run (app.py's
-    `enter_frame`), never in the fragment's own run. A page switched to from a fragment run was drawn with that
-    fragment's element paths: the browser test caught the frontend failing on one ("Bad delta path index 6
-    (should be between [0, 0])", a blank page until a reload)."""
+    `enter_frame`), never in the fragment's own run. After a `st.switch_page` from a fragment run the browser test
+    once saw the frontend fail ("Bad delta path index 6 (should be between [0, 0])", a blank page until a reload):
+    most likely the new page drawn at that fragment's element paths."""
     st.session_state[WANTED_PAGE] = page
     st.rerun(scope="app")
 
